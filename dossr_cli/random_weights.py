@@ -1,0 +1,65 @@
+"""Deterministic random weights, identical on every machine and torch version.
+
+Tests rebuild checkpoints in the authors' layout from a committed list of keys and
+shapes instead of committing megabytes of random numbers, so the values must be a pure
+function of (seed, key, shape). torch's and numpy's samplers promise no such stability;
+an integer hash (splitmix64 over element indices, in numpy's wrapping uint64
+arithmetic) does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        x = x + _GOLDEN
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def uniform(seed: int, key: str, numel: int) -> np.ndarray:
+    """`numel` float64 values uniform in [-1, 1), a function of seed and key only."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    start = np.uint64(int.from_bytes(digest[:8], "little"))
+    with np.errstate(over="ignore"):
+        counters = np.arange(numel, dtype=np.uint64) * _GOLDEN + start
+    bits = _splitmix64(counters) >> np.uint64(11)  # 53 random bits
+    return bits.astype(np.float64) / float(1 << 52) - 1.0
+
+
+def random_tensor(seed: int, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """A float32 tensor for parameter `key` at a scale that keeps activations sane.
+
+    Matrices and kernels get variance 1/fan_in (uniform, so amplitude sqrt(3/fan_in));
+    1-D weights are norm scales near 1; everything else (biases, embeddings' scalars)
+    is small. Zero-initialised layers (zero convs, output convs) get values too, or the
+    control path would contribute nothing to the outputs the tests compare.
+    """
+    numel = math.prod(shape)
+    u = uniform(seed, key, numel)
+    if len(shape) >= 2:
+        fan_in = math.prod(shape[1:])
+        values = u * math.sqrt(3.0 / fan_in)
+    elif len(shape) == 1 and key.endswith("weight"):
+        values = 1.0 + 0.1 * u
+    else:
+        values = 0.05 * u
+    return torch.from_numpy(values.astype(np.float32).reshape(shape))
+
+
+def random_state_dict(
+    shapes: Mapping[str, tuple[int, ...]] | Iterable[tuple[str, tuple[int, ...]]], seed: int
+) -> dict[str, torch.Tensor]:
+    """A state dict with `random_tensor` values for every (key, shape)."""
+    items = shapes.items() if isinstance(shapes, Mapping) else shapes
+    return {key: random_tensor(seed, key, tuple(shape)) for key, shape in items}
