@@ -43,13 +43,16 @@ def random_tensor(seed: int, key: str, shape: tuple[int, ...]) -> torch.Tensor:
     Matrices and kernels get variance 1/fan_in (uniform, so amplitude sqrt(3/fan_in));
     1-D weights are norm scales near 1; everything else (biases, embeddings' scalars)
     is small. Zero-initialised layers (zero convs, output convs) get values too, or the
-    control path would contribute nothing to the outputs the tests compare.
+    control path would contribute nothing to the outputs the tests compare. The
+    preprocessor's last bias (same name in every layout) centres its image in [0, 1].
     """
     numel = math.prod(shape)
     u = uniform(seed, key, numel)
     if len(shape) >= 2:
         fan_in = math.prod(shape[1:])
         values = u * math.sqrt(3.0 / fan_in)
+    elif key.endswith("conv_last.bias"):
+        values = 0.5 + 0.05 * u  # the RRDBNet's output: centred in [0, 1], so clamping keeps texture
     elif len(shape) == 1 and key.endswith("weight"):
         values = 1.0 + 0.1 * u
     else:
@@ -63,3 +66,32 @@ def random_state_dict(
     """A state dict with `random_tensor` values for every (key, shape)."""
     items = shapes.items() if isinstance(shapes, Mapping) else shapes
     return {key: random_tensor(seed, key, tuple(shape)) for key, shape in items}
+
+
+# -- random models, for tests, benchmarks and trying the machinery; never a real model --
+
+def tiny_config():  # noqa: ANN201 - imported lazily to keep this module's imports light
+    """The real layouts at small widths (the same as the authors'-layout test model "tiny")."""
+    from dossr_cli.networks.config import ModelConfig, RRDBConfig, UNetConfig, VAEConfig
+
+    return ModelConfig(
+        unet=UNetConfig(model_channels=64, channel_mult=(1, 1, 2, 2), num_res_blocks=2, attention_levels=(0, 1, 2),
+                        context_dim=64),
+        vae=VAEConfig(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1),
+        rrdb=RRDBConfig(num_feat=16, num_block=2, num_grow_ch=8),
+    )
+
+
+def random_networks(config=None, seed: int = 0):  # noqa: ANN001, ANN201
+    """DoSSRNetworks with `random_tensor` weights everywhere (the tiny config by default)."""
+    from dossr_cli.networks import DoSSRNetworks
+
+    networks = DoSSRNetworks(config if config is not None else tiny_config())
+    parts = {
+        name: random_state_dict({k: tuple(v.shape) for k, v in part.items()}, seed)
+        for name, part in networks.component_state_dicts().items()
+    }
+    # the context is a LayerNorm output: zero mean, unit variance per token
+    parts["context"]["context"] = parts["context"]["context"] * math.sqrt(3.0 / 0.0025)
+    networks.load_component_state_dicts(parts)
+    return networks

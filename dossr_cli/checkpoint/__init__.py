@@ -1,0 +1,1 @@
+"""Weights: the authors' checkpoint layout, our bundle format, and where weights live."""

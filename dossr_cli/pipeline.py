@@ -1,0 +1,230 @@
+"""The DoSSR pipeline: preprocess -> control and start latents -> solver -> decode -> colour fix.
+
+No I/O and no printing here; images come in as PIL images or tensors in [0, 1] and go
+out the same way. Each image draws its noise from its own generator, seeded from the
+run's seed and the image's pixels, and all of it (posterior sample, start noise, one
+draw per step) for the whole padded latent before anything else: so an image's output
+never depends on its batch, on tiling or on the machine that ran it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dossr_cli.colorfix import COLOR_FIXES, color_fix
+from dossr_cli.networks import DoSSRNetworks
+from dossr_cli.networks.config import ModelConfig
+from dossr_cli.schedule import DEFAULT_T1, coefficient_table
+from dossr_cli.solver import ORDERS, StepCallback, dos_sde_sample, eps_to_data_prediction
+
+DEFAULT_STEPS = 5
+DEFAULT_ORDER = 3
+DEFAULT_SCALE = 4.0
+DEFAULT_COLOR_FIX = "wavelet"
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """`auto`: bf16 on CUDA where supported (else fp16), fp32 on CPU and MPS."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def image_seed(run_seed: int, image: torch.Tensor) -> int:
+    """A per-image seed from the run's seed and the image's own pixels (float32, CHW)."""
+    pixels = image.detach().to("cpu", torch.float32).contiguous().numpy()
+    digest = hashlib.sha256(run_seed.to_bytes(8, "little", signed=True) + str(pixels.shape).encode()
+                            + pixels.tobytes()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """ceil(scale x input size), as the authors' script sizes its result."""
+    if not (math.isfinite(scale) and scale >= 1):
+        raise ValueError(f"scale must be a number >= 1, got {scale}")
+    return math.ceil(scale * height - 1e-9), math.ceil(scale * width - 1e-9)
+
+
+def reflect_pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Reflect-pad bottom and right up to a multiple; repeated where the pad exceeds the image."""
+    height, width = image.shape[-2:]
+    target_h, target_w = -(-height // multiple) * multiple, -(-width // multiple) * multiple
+    while image.shape[-2] < target_h or image.shape[-1] < target_w:
+        h, w = image.shape[-2:]
+        pad_h = min(target_h - h, h - 1) if h > 1 else 0
+        pad_w = min(target_w - w, w - 1) if w > 1 else 0
+        if pad_h == 0 and pad_w == 0:  # a 1-pixel side cannot reflect
+            return F.pad(image, (0, target_w - w, 0, target_h - h), mode="replicate")
+        image = F.pad(image, (0, pad_w, 0, pad_h), mode="reflect")
+    return image
+
+
+def lanczos_resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize (B, C, H, W) floats with PIL's Lanczos (antialiased when shrinking), channel by channel."""
+    if tuple(images.shape[-2:]) == size:
+        return images
+    height, width = size
+    out = torch.empty(images.shape[0], images.shape[1], height, width, dtype=torch.float32)
+    arrays = images.detach().to("cpu", torch.float32).numpy()
+    for b in range(arrays.shape[0]):
+        for c in range(arrays.shape[1]):
+            resized = Image.fromarray(arrays[b, c], mode="F").resize((width, height), Image.LANCZOS)
+            out[b, c] = torch.from_numpy(np.array(resized))
+    return out
+
+
+def validate_options(steps: int, order: int, t1: int, color_fix_method: str) -> None:
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(map(str, ORDERS))}; got {order}")
+    if color_fix_method not in COLOR_FIXES:
+        raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIXES)}; got {color_fix_method!r}")
+    coefficient_table(steps, t1)  # raises on a bad steps or t1
+
+
+class DoSSRPipeline:
+    """DoSSR super-resolution: `DoSSRPipeline.from_pretrained(path).upscale(image)`."""
+
+    def __init__(self, networks: DoSSRNetworks, device: str | torch.device | None = "auto",
+                 dtype: str | torch.dtype | None = "auto") -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.networks = networks.eval().requires_grad_(False).to(self.device, self.dtype)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = "auto",
+                        dtype: str | torch.dtype | None = "auto") -> DoSSRPipeline:
+        """Load a weight bundle folder (see `dossr weights import`)."""
+        from dossr_cli.checkpoint.bundle import load_bundle
+
+        return cls(load_bundle(Path(path)), device=device, dtype=dtype)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.networks.config
+
+    def upscale(
+        self,
+        image: Image.Image,
+        scale: float = DEFAULT_SCALE,
+        steps: int = DEFAULT_STEPS,
+        order: int = DEFAULT_ORDER,
+        t1: int = DEFAULT_T1,
+        seed: int | None = None,
+        color_fix: str = DEFAULT_COLOR_FIX,
+        size: tuple[int, int] | None = None,
+        callback: StepCallback | None = None,
+    ) -> Image.Image:
+        """Upscale one PIL image by `scale` (or to `size` = (width, height)); returns RGB."""
+        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        lq = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+        out_size = (size[1], size[0]) if size is not None else output_size(*lq.shape[-2:], scale)
+        result = self.upscale_tensor(lq, steps=steps, order=order, t1=t1, seed=seed, color_fix=color_fix,
+                                     size=out_size, callback=callback)
+        array = (result[0].permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+        return Image.fromarray(array, "RGB")
+
+    @torch.inference_mode()
+    def upscale_tensor(
+        self,
+        lq: torch.Tensor,
+        scale: float = DEFAULT_SCALE,
+        steps: int = DEFAULT_STEPS,
+        order: int = DEFAULT_ORDER,
+        t1: int = DEFAULT_T1,
+        seed: int | None = None,
+        color_fix: str = DEFAULT_COLOR_FIX,
+        seeds: Sequence[int] | None = None,
+        size: tuple[int, int] | None = None,
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """(B, 3, h, w) in [0, 1] -> (B, 3, H, W) float32 in [0, 1] on the CPU.
+
+        `seeds` gives each image's own seed; otherwise each is derived from `seed` (random
+        when None) and the image. `size` = (H, W) overrides `scale`.
+        """
+        validate_options(steps, order, t1, color_fix)
+        if lq.ndim != 4 or lq.shape[1] != 3:
+            raise ValueError(f"expected a (batch, 3, height, width) tensor, got shape {tuple(lq.shape)}")
+        if seeds is None:
+            run_seed = secrets.randbits(63) if seed is None else int(seed)
+            seeds = [image_seed(run_seed, image) for image in lq]
+        if len(seeds) != lq.shape[0]:
+            raise ValueError(f"got {len(seeds)} seeds for {lq.shape[0]} images")
+        out_size = size if size is not None else output_size(*lq.shape[-2:], scale)
+        x4 = self.upscale_x4(lq.to(self.device, self.dtype), list(seeds), steps, order, t1, color_fix, callback)
+        return lanczos_resize(x4, out_size)
+
+    def upscale_x4(self, lq: torch.Tensor, seeds: list[int], steps: int, order: int, t1: int,
+                   color_fix_method: str, callback: StepCallback | None = None) -> torch.Tensor:
+        """The model's own x4 result, clamped to [0, 1], float32 on the CPU."""
+        nets = self.networks
+        pre = nets.preprocessor(lq).clamp(0, 1)
+        height, width = pre.shape[-2:]
+        padded = reflect_pad_to_multiple(pre, self.config.pixel_multiple) * 2 - 1
+        c_latent = nets.control_encoder(padded)
+        posterior = nets.vae.encode(padded).latent_dist
+        table = coefficient_table(steps, t1)
+        noise = self.draw_noise(seeds, tuple(posterior.mean.shape[1:]), steps + 2)
+        scaling = self.config.vae.scaling_factor
+        x0_hat = (posterior.mean.float() + posterior.std.float() * noise[0]) * scaling
+        z = dos_sde_sample(eps_to_data_prediction(self.eps_predictor(c_latent), table), x0_hat, table,
+                           noise[1:], order, callback)
+        decoded = (nets.vae.decode((z / scaling).to(self.dtype)).sample.float() + 1) / 2
+        decoded = decoded[..., :height, :width]
+        return color_fix(decoded, pre.float(), color_fix_method).clamp(0, 1).cpu()
+
+    def eps_predictor(self, c_latent: torch.Tensor) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        """eps = UNet(z, t, context, control = ControlNet(concat(z, c_latent), t, context)).
+
+        The solver's latent stays float32; the networks run in the pipeline's dtype.
+        """
+        nets = self.networks
+        context = nets.context.expand(c_latent.shape[0], -1, -1)
+
+        def predict_eps(z: torch.Tensor, timestep: int) -> torch.Tensor:
+            z = z.to(self.dtype)
+            t = torch.tensor(timestep, device=self.device)
+            down, mid = nets.controlnet(z, t, encoder_hidden_states=context, controlnet_cond=c_latent,
+                                        return_dict=False)
+            eps = nets.unet(z, t, encoder_hidden_states=context, down_block_additional_residuals=down,
+                            mid_block_additional_residual=mid, return_dict=False)[0]
+            return eps.float()
+
+        return predict_eps
+
+    def draw_noise(self, seeds: list[int], shape: tuple[int, ...], count: int) -> list[torch.Tensor]:
+        """`count` standard normal draws per image, each image from its own CPU generator."""
+        per_image = []
+        for seed in seeds:
+            generator = torch.Generator().manual_seed(seed)
+            per_image.append(torch.randn((count, *shape), generator=generator))
+        stacked = torch.stack(per_image, dim=1).to(self.device)  # (count, batch, *shape)
+        return list(stacked.unbind(0))
