@@ -18,6 +18,7 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_vae_checkpoint,
 )
 
+from dossr_cli.errors import WeightsError
 from dossr_cli.networks import DoSSRNetworks
 from dossr_cli.networks.config import ModelConfig, RRDBConfig, TextConfig, UNetConfig, VAEConfig
 from dossr_cli.networks.text import OpenCLIPTextTower, prompt_context
@@ -41,7 +42,7 @@ TEXT_UNUSED = ("text_projection", "logit_scale")
 HEAD_DIM = 64  # SD 2.1's and OpenCLIP ViT-H's attention head width: not visible in any shape
 
 
-class CheckpointLayoutError(ValueError):
+class CheckpointLayoutError(WeightsError, ValueError):
     """The file is not a DoSSR checkpoint in the authors' layout (or is incomplete)."""
 
 
@@ -150,7 +151,7 @@ def _load_exact(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], wh
         if value.shape != expected[key].shape:
             raise CheckpointLayoutError(f"{where}: {key} has shape {tuple(value.shape)}, "
                                         f"expected {tuple(expected[key].shape)}")
-    module.load_state_dict(weights, strict=True)
+    module.load_state_dict(dict(weights), strict=True, assign=True)
 
 
 def _convert_controlnet(control: dict[str, torch.Tensor], config: dict, latent: int) -> dict[str, torch.Tensor]:
@@ -176,7 +177,8 @@ def networks_from_authors_state_dict(state_dict: Mapping[str, torch.Tensor]) -> 
                                     f"width {unet_config.context_dim}")
     config = ModelConfig(unet_config, vae_config, infer_rrdb_config(parts[PREPROCESSOR]),
                          text_config.context_length)
-    networks = DoSSRNetworks(config)
+    with torch.device("meta"):  # no throwaway random init: the converted tensors are adopted as they are
+        networks = DoSSRNetworks(config)
     float32 = {p: {k: v.float() for k, v in part.items()} for p, part in parts.items()}
 
     _load_exact(networks.unet, convert_ldm_unet_checkpoint(
@@ -192,8 +194,12 @@ def networks_from_authors_state_dict(state_dict: Mapping[str, torch.Tensor]) -> 
     _load_exact(networks.control_encoder, control_encoder, "control encoder", parts[CONTROL_ENCODER])
     _load_exact(networks.preprocessor, float32[PREPROCESSOR], "preprocessor", parts[PREPROCESSOR])
 
-    tower = OpenCLIPTextTower(text_config)
+    with torch.device("meta"):
+        tower = OpenCLIPTextTower(text_config)
     text = {k: v for k, v in float32[TEXT].items() if k not in TEXT_UNUSED}
     _load_exact(tower, text, "text")
-    networks.context.copy_(prompt_context(tower))
+    networks.context = prompt_context(tower)
+    stray = [n for n, t in [*networks.named_parameters(), *networks.named_buffers()] if t.is_meta]
+    if stray:
+        raise CheckpointLayoutError(f"weights left uninitialised: {', '.join(stray[:5])}")
     return networks

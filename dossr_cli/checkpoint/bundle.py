@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from dossr_cli.errors import WeightsError
 from dossr_cli.networks import COMPONENTS, DoSSRNetworks
 from dossr_cli.networks.config import ModelConfig
 
@@ -26,7 +27,7 @@ BUNDLE_VERSION = 1
 CONFIG_NAME = "dossr.json"
 
 
-class BundleError(ValueError):
+class BundleError(WeightsError, ValueError):
     """A folder that is not a complete, intact dossr weight bundle."""
 
 

@@ -1,0 +1,3 @@
+from dossr_cli.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The `dossr` command line: one module per command, registered in app.py."""

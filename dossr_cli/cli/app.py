@@ -1,0 +1,76 @@
+"""The Typer app and the one error handler that turns failures into one line and an exit code.
+
+Exit codes: 0 success, 1 some inputs failed (or weights/runtime failure), 2 usage error,
+130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Annotated
+
+import click
+import typer
+
+from dossr_cli import __version__
+from dossr_cli.cli import weights
+from dossr_cli.cli.console import stderr
+from dossr_cli.errors import DossrError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+app = typer.Typer(
+    name="dossr",
+    help="Diffusion super-resolution with DoSSR (NeurIPS 2024).\n\n"
+    "Exit codes: 0 success, 1 some inputs failed, 2 usage error, 130 interrupted.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(weights.app, name="weights")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"dossr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Diffusion super-resolution with DoSSR."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, map every failure to one stderr line and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="dossr", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.exceptions.Abort:
+        stderr.print("dossr: interrupted", markup=False)
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        stderr.print("dossr: interrupted", markup=False)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.ClickException as error:
+        error.show()
+        sys.exit(EXIT_USAGE if isinstance(error, click.exceptions.UsageError) else error.exit_code)
+    except DossrError as error:
+        if debug:
+            traceback.print_exc()
+        stderr.print(f"dossr: error: {error}", markup=False)
+        sys.exit(error.exit_code)
+    except Exception as error:  # noqa: BLE001 - the one place every other failure becomes one line
+        if debug:
+            traceback.print_exc()
+        stderr.print(f"dossr: error: {type(error).__name__}: {error} (run with --debug for details)", markup=False)
+        sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_OK)

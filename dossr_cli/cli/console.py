@@ -1,0 +1,33 @@
+"""stderr for people, stdout for data: the two consoles every command shares."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from rich.console import Console
+
+# Rich honours NO_COLOR itself; plain output when stderr is not a terminal
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+stdout = Console(highlight=False, soft_wrap=True)
+
+
+def say(message: str, quiet: bool = False) -> None:
+    """A line for people, on stderr."""
+    if not quiet:
+        stderr.print(message, markup=False)
+
+
+def interactive() -> bool:
+    """May we ask a question? Only with a terminal on both ends, and never under CI."""
+    return sys.stdin.isatty() and sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def confirm(question: str) -> bool:
+    if not interactive():
+        return False
+    stderr.print(question + " [y/N] ", end="", markup=False)
+    try:
+        return input().strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
