@@ -24,3 +24,9 @@ def smooth_image(height: int, width: int, key: str = "img") -> Image.Image:
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own dossr cache; nothing touches the user's real one."""
+    monkeypatch.setenv("DOSSR_CACHE_DIR", str(tmp_path_factory.mktemp("dossr-cache")))

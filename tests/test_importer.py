@@ -145,3 +145,14 @@ def test_outputs_are_finite_after_import(tinyb_ckpt, tmp_path):
     pipe = DoSSRPipeline.from_pretrained(import_checkpoint(tinyb_ckpt, tmp_path / "b"), device="cpu")
     out = np.asarray(pipe.upscale(Image.new("RGB", (9, 5), (120, 30, 200)), seed=1))
     assert out.shape == (20, 36, 3)
+
+
+def test_loading_rehashes_a_bundle_whose_file_changed_since_it_was_verified(tinyb_ckpt, tmp_path):
+    bundle = import_checkpoint(tinyb_ckpt, tmp_path / "b")
+    load_bundle(bundle)  # verified once: later loads trust the stamp while nothing changes
+    target = bundle / "controlnet.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-3] ^= 0x01  # same size, one bit: only the sha256 can tell
+    target.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256"):
+        load_bundle(bundle)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from dossr_cli.checkpoint.paths import cache_root
 from dossr_cli.errors import WeightsError
 from dossr_cli.networks import COMPONENTS, DoSSRNetworks
 from dossr_cli.networks.config import ModelConfig
@@ -85,9 +86,35 @@ def read_bundle_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def verify_bundle(folder: Path) -> None:
-    """Check every file's size and sha256 against the config; raise on the first mismatch."""
+def _stamp_path(folder: Path) -> Path:
+    """Kept in our cache, not in the bundle: bundles may be read-only or in another tool's cache."""
+    key = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:24]
+    return cache_root() / "verified" / f"{key}.json"
+
+
+def _file_states(folder: Path, config: dict[str, Any]) -> dict[str, list[int]]:
+    states = {}
+    for entry in config["components"].values():
+        stat = (Path(folder) / entry["file"]).stat()
+        states[entry["file"]] = [stat.st_size, stat.st_mtime_ns]
+    return states
+
+
+def verify_bundle(folder: Path, trust_stamp: bool = False) -> None:
+    """Check every file's size and sha256 against the config; raise on the first mismatch.
+
+    With `trust_stamp`, the hashing is skipped when no file's size or mtime changed since
+    the last full check passed (recorded in our cache): hashing gigabytes on every run
+    would cost seconds, while a truncated or rewritten file still changes its stat.
+    """
     config = read_bundle_config(folder)
+    stamp = _stamp_path(folder)
+    if trust_stamp and stamp.is_file():
+        try:
+            if json.loads(stamp.read_text()) == _file_states(folder, config):
+                return
+        except (OSError, ValueError):
+            pass
     for name, entry in config["components"].items():
         path = Path(folder) / entry["file"]
         if not path.is_file():
@@ -96,14 +123,22 @@ def verify_bundle(folder: Path) -> None:
             raise BundleError(f"{path} has {path.stat().st_size} bytes, expected {entry['bytes']}")
         if sha256_file(path) != entry["sha256"]:
             raise BundleError(f"{path} is corrupt: its sha256 differs from the bundle's record")
+    try:  # without a writable cache the bundle simply gets hashed again next time
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps(_file_states(folder, config)))
+    except OSError:
+        pass
 
 
-def load_bundle(folder: Path, verify: bool = False) -> DoSSRNetworks:
-    """Build the networks from a bundle without a throwaway random initialisation."""
+def load_bundle(folder: Path, verify: bool = True) -> DoSSRNetworks:
+    """Build the networks from a bundle without a throwaway random initialisation.
+
+    `verify` checks sha256s unless the files are unchanged since the last check passed.
+    """
     folder = Path(folder)
     config = read_bundle_config(folder)
     if verify:
-        verify_bundle(folder)
+        verify_bundle(folder, trust_stamp=True)
     try:
         model_config = ModelConfig.from_dict(config["model"])
     except (KeyError, TypeError, ValueError) as error:

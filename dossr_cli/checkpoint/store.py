@@ -23,8 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-
+from dossr_cli.checkpoint.paths import cache_root
 from dossr_cli.checkpoint.bundle import CONFIG_NAME, BundleError, read_bundle_config, sha256_file
 from dossr_cli.errors import WeightsError
 
@@ -35,12 +34,6 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 class WeightsNotFoundError(WeightsError):
     exit_code = 1
-
-
-def cache_root() -> Path:
-    """`DOSSR_CACHE_DIR`, else the platform's user cache folder (e.g. ~/.cache/dossr)."""
-    override = os.environ.get("DOSSR_CACHE_DIR")
-    return Path(override) if override else Path(platformdirs.user_cache_dir("dossr", appauthor=False))
 
 
 def weights_dir() -> Path:
