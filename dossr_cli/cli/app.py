@@ -10,11 +10,10 @@ import sys
 import traceback
 from typing import Annotated
 
-import click
 import typer
 
 from dossr_cli import __version__
-from dossr_cli.cli import weights
+from dossr_cli.cli import batch, upscale, weights
 from dossr_cli.cli.console import stderr
 from dossr_cli.errors import DossrError
 
@@ -29,6 +28,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.command("upscale", no_args_is_help=True)(upscale.upscale)
+app.command("batch", no_args_is_help=True)(batch.batch)
 app.add_typer(weights.app, name="weights")
 
 
@@ -46,31 +47,36 @@ def root(
     """Diffusion super-resolution with DoSSR."""
 
 
+def _is_click_error(error: BaseException) -> bool:
+    """Typer vendors Click and keeps its exception classes private: recognise them by behaviour."""
+    return callable(getattr(error, "show", None)) and isinstance(getattr(error, "exit_code", None), int)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, map every failure to one stderr line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="dossr", standalone_mode=False)
-    except click.exceptions.Exit as done:
+        code = app(args=args, prog_name="dossr", standalone_mode=False)
+    except (typer.Abort, KeyboardInterrupt):
+        stderr.print("dossr: interrupted", markup=False)
+        sys.exit(EXIT_INTERRUPTED)
+    except typer.Exit as done:
         sys.exit(done.exit_code)
-    except click.exceptions.Abort:
-        stderr.print("dossr: interrupted", markup=False)
-        sys.exit(EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
-        stderr.print("dossr: interrupted", markup=False)
-        sys.exit(EXIT_INTERRUPTED)
-    except click.exceptions.ClickException as error:
-        error.show()
-        sys.exit(EXIT_USAGE if isinstance(error, click.exceptions.UsageError) else error.exit_code)
     except DossrError as error:
         if debug:
             traceback.print_exc()
         stderr.print(f"dossr: error: {error}", markup=False)
         sys.exit(error.exit_code)
     except Exception as error:  # noqa: BLE001 - the one place every other failure becomes one line
+        if _is_click_error(error):
+            error.show()  # usage errors: the usage line and the problem, exit code 2
+            sys.exit(error.exit_code)
+        if type(error).__name__ == "Abort":  # the vendored Click's Abort: Ctrl-C at a prompt
+            stderr.print("dossr: interrupted", markup=False)
+            sys.exit(EXIT_INTERRUPTED)
         if debug:
             traceback.print_exc()
         stderr.print(f"dossr: error: {type(error).__name__}: {error} (run with --debug for details)", markup=False)
         sys.exit(EXIT_FAILED)
-    sys.exit(EXIT_OK)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

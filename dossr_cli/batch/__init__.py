@@ -1,0 +1,1 @@
+"""Running many images: the per-image job that every engine shares, the journal, the engines."""

@@ -1,0 +1,154 @@
+"""One image, start to finish: decode -> (alpha split) -> pipeline -> recombine -> encode.
+
+Every front end (`dossr upscale`, the local batch, the Ray batch) calls `run_job`, so an
+image comes out byte-identical whichever of them ran it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dossr_cli import imageio
+from dossr_cli.colorfix import COLOR_FIXES
+from dossr_cli.errors import UsageError
+from dossr_cli.pipeline import DoSSRPipeline, image_seed, output_size
+from dossr_cli.schedule import DEFAULT_T1, MAX_STEPS
+from dossr_cli.solver import ORDERS, StepCallback
+
+DEFAULT_SEED = 42  # the authors' script seeds everything with 42
+METADATA_MODES = ("all", "icc", "none")
+
+
+@dataclass(frozen=True)
+class UpscaleParams:
+    """What the user asked for; `pixel_params()` is the part that decides the pixels."""
+
+    scale: float = 4.0
+    width: int | None = None
+    height: int | None = None
+    steps: int = 5
+    order: int = 3
+    t1: int = DEFAULT_T1
+    seed: int = DEFAULT_SEED
+    color_fix: str = "wavelet"
+    format: str | None = None  # None: the input's format
+    quality: int | None = None
+    metadata: str = "all"
+    max_pixels: int | None = imageio.DEFAULT_MAX_PIXELS
+
+    def validate(self) -> UpscaleParams:
+        """Every option checked where it enters, the error naming the option and what is allowed."""
+        if not (math.isfinite(self.scale) and self.scale >= 1):
+            raise UsageError(f"--scale must be a number >= 1; got {self.scale}")
+        for option, value in (("--width", self.width), ("--height", self.height)):
+            if value is not None and value < 1:
+                raise UsageError(f"{option} must be a positive number of pixels; got {value}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise UsageError(f"--steps must be in 1..{MAX_STEPS}; got {self.steps}")
+        if self.order not in ORDERS:
+            raise UsageError(f"--order must be one of {', '.join(map(str, ORDERS))}; got {self.order}")
+        if not self.steps < self.t1 <= 1000:
+            raise UsageError(f"--t1 must be in {self.steps + 1}..1000 for {self.steps} steps; got {self.t1}")
+        if self.color_fix not in COLOR_FIXES:
+            raise UsageError(f"--color-fix must be one of {', '.join(COLOR_FIXES)}; got {self.color_fix!r}")
+        if self.format is not None and self.format not in imageio.FORMATS:
+            raise UsageError(f"--format must be one of {', '.join(imageio.FORMATS)}; got {self.format!r}")
+        if self.quality is not None and not 1 <= self.quality <= 100:
+            raise UsageError(f"--quality must be in 1..100; got {self.quality}")
+        if self.metadata not in METADATA_MODES:
+            raise UsageError(f"--metadata must be one of {', '.join(METADATA_MODES)}; got {self.metadata!r}")
+        return self
+
+    def target_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) of the output: exact --width/--height (aspect kept if only one), else ceil(scale x size)."""
+        if self.width is not None and self.height is not None:
+            return self.height, self.width
+        if self.width is not None:
+            return max(1, round(height * self.width / width)), self.width
+        if self.height is not None:
+            return self.height, max(1, round(width * self.height / height))
+        return output_size(height, width, self.scale)
+
+    def pixel_params(self) -> dict[str, Any]:
+        keys = ("scale", "width", "height", "steps", "order", "t1", "seed", "color_fix")
+        return {k: getattr(self, k) for k in keys}
+
+    def output_params(self) -> dict[str, Any]:
+        return {**self.pixel_params(), "format": self.format, "quality": self.quality, "metadata": self.metadata}
+
+    def replace(self, **changes: Any) -> UpscaleParams:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    data: bytes  # the encoded output image
+    format: str
+    input_size: tuple[int, int]  # (width, height)
+    output_size: tuple[int, int]
+    seed: int  # the image's own seed, derived from the run's seed and its pixels
+    seconds: float
+    has_alpha: bool
+    bit_depth: int
+    lr_rgb: np.ndarray  # the decoded input, for --compare
+    rgb: np.ndarray  # the result before encoding, float32 (H, W, 3)
+    notes: tuple[str, ...] = ()  # things the user should hear about (metadata not carried, alpha flattened)
+
+
+def upscale_decoded(pipe: DoSSRPipeline, image: imageio.DecodedImage, params: UpscaleParams,
+                    callback: StepCallback | None = None) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """The model on colour (premultiplied where there is alpha), alpha on its own Lanczos path."""
+    height, width = image.rgb.shape[:2]
+    size = params.target_size(height, width)
+    colour = imageio.premultiply(image.rgb, image.alpha) if image.alpha is not None else image.rgb
+    lq = torch.from_numpy(np.ascontiguousarray(colour, dtype=np.float32)).permute(2, 0, 1)[None]
+    seed = image_seed(params.seed, lq[0])
+    out = pipe.upscale_tensor(lq, steps=params.steps, order=params.order, t1=params.t1,
+                              color_fix=params.color_fix, seeds=[seed], size=size, callback=callback)
+    rgb = out[0].permute(1, 2, 0).numpy()
+    alpha = None
+    if image.alpha is not None:
+        alpha = imageio.upscale_alpha(image.alpha, size)
+        rgb = imageio.unpremultiply(rgb, alpha)
+    return rgb, alpha, seed
+
+
+def run_job(pipe: DoSSRPipeline, source: Path | bytes, params: UpscaleParams, out_format: str | None = None,
+            callback: StepCallback | None = None) -> JobResult:
+    """Decode `source`, upscale it and encode the result in `out_format` (default: the input's)."""
+    started = time.perf_counter()
+    image = imageio.read_image(source, max_pixels=params.max_pixels)
+    rgb, alpha, seed = upscale_decoded(pipe, image, params, callback)
+    fmt = out_format or params.format or image.format
+    notes = []
+    if alpha is not None and fmt not in imageio.ALPHA_FORMATS:
+        notes.append(f"{fmt} has no alpha channel: transparency flattened onto white (use png, webp or tiff)")
+    if image.bit_depth == 16 and fmt not in imageio.SIXTEEN_BIT_FORMATS:
+        notes.append(f"{fmt} holds 8 bits per channel: 16-bit input written as 8-bit (use png or tiff)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", imageio.MetadataWarning)
+        data = imageio.encode_image(rgb, alpha, fmt, bit_depth=image.bit_depth, quality=params.quality,
+                                    icc_profile=image.icc_profile, exif=image.exif, metadata=params.metadata)
+    notes += [str(w.message) for w in caught if issubclass(w.category, imageio.MetadataWarning)]
+    height, width = image.rgb.shape[:2]
+    return JobResult(data, fmt, (width, height), (rgb.shape[1], rgb.shape[0]), seed,
+                     time.perf_counter() - started, alpha is not None, image.bit_depth, image.rgb, rgb, tuple(notes))
+
+
+def compare_picture(lr_rgb: np.ndarray, result_rgb: np.ndarray) -> np.ndarray:
+    """The input enlarged with nearest neighbour beside the result, same height, for looking at."""
+    height, width = result_rgb.shape[:2]
+    rows = (np.arange(height) * lr_rgb.shape[0] // height).clip(0, lr_rgb.shape[0] - 1)
+    cols = (np.arange(width) * lr_rgb.shape[1] // width).clip(0, lr_rgb.shape[1] - 1)
+    nearest = lr_rgb[rows][:, cols]
+    gap = np.ones((height, max(2, width // 64), 3), dtype=np.float32)
+    return np.concatenate([nearest, gap, result_rgb], axis=1)

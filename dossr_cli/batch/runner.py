@@ -1,0 +1,146 @@
+"""A folder of images: list, plan against the journal, run each item, report.
+
+The engine only decides where `process_item` runs; planning, the journal and the
+summary are the same for every engine, so a re-run behaves the same whichever ran it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dossr_cli import imageio
+from dossr_cli.batch.job import UpscaleParams, compare_picture, run_job
+from dossr_cli.batch.journal import JOURNAL_NAME, Journal, content_sha256
+from dossr_cli.errors import DossrError
+from dossr_cli.pipeline import DoSSRPipeline
+from dossr_cli.solver import StepCallback
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    source: Path
+    rel: str  # path relative to the batch root, with "/" separators: the journal's key
+    output: Path
+    compare: Path | None
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    rel: str
+    status: str  # "done", "skipped" or "failed"
+    detail: str = ""
+    seconds: float = 0.0
+
+
+def list_inputs(root: Path, recursive: bool, include: Iterable[str] = (), exclude: Iterable[str] = (),
+                skip: Path | None = None) -> list[Path]:
+    """Image files under `root` in a stable order; globs match the path relative to root."""
+    include, exclude = list(include), list(exclude)
+    candidates = root.rglob("*") if recursive else root.iterdir()
+    found = []
+    for path in candidates:
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if skip is not None and skip in path.parents:
+            continue
+        rel = path.relative_to(root).as_posix()
+        if include and not any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(path.name, g) for g in include):
+            continue
+        if not include and path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(path.name, g) for g in exclude):
+            continue
+        found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def output_path(root: Path, outdir: Path, source: Path, suffix: str, fmt: str | None) -> Path:
+    """The mirrored place of `source` under `outdir`."""
+    rel = source.relative_to(root)
+    out_format = fmt or imageio.format_from_name(source) or "png"
+    return outdir / rel.parent / f"{source.stem}{suffix}{imageio.extension(out_format)}"
+
+
+def plan(root: Path, outdir: Path, sources: list[Path], params: UpscaleParams, suffix: str,
+         compare_dir: Path | None, journal: Journal) -> tuple[list[BatchItem], list[Outcome]]:
+    """Items to run, and the outcomes already known (skipped as done, or unreadable)."""
+    todo, known = [], []
+    key = _params_key(params)
+    for source in sources:
+        rel = source.relative_to(root).as_posix()
+        output = output_path(root, outdir, source, suffix, params.format)
+        try:
+            sha = content_sha256(source)
+        except OSError as error:
+            known.append(Outcome(rel, "failed", f"cannot read: {error.strerror or error}"))
+            continue
+        if journal.is_done(rel, sha, key, output):
+            known.append(Outcome(rel, "skipped", "done before"))
+            continue
+        compare = None if compare_dir is None else compare_dir / Path(rel).parent / f"{source.stem}_compare.png"
+        todo.append(BatchItem(source, rel, output, compare, sha))
+    return todo, known
+
+
+def _params_key(params: UpscaleParams) -> str:
+    from dossr_cli.batch.journal import params_key
+
+    return params_key(params.output_params())
+
+
+def process_item(pipe: DoSSRPipeline, item: BatchItem, params: UpscaleParams, may_replace: bool,
+                 callback: StepCallback | None = None) -> Outcome:
+    """Upscale one item and write its output atomically; failures become an Outcome, not an exception."""
+    started = time.perf_counter()
+    try:
+        if item.output.exists() and not may_replace:
+            raise imageio.ImageWriteError(f"{item.output} already exists and was not written by this batch "
+                                          "(pass --overwrite to replace it)")
+        result = run_job(pipe, item.source, params, params.format or imageio.format_from_name(item.output),
+                         callback=callback)
+        item.output.parent.mkdir(parents=True, exist_ok=True)
+        imageio.write_atomic(item.output, result.data, overwrite=may_replace)
+        if item.compare is not None:
+            item.compare.parent.mkdir(parents=True, exist_ok=True)
+            picture = imageio.encode_image(compare_picture(result.lr_rgb, result.rgb), None, "png", metadata="none")
+            imageio.write_atomic(item.compare, picture, overwrite=True)
+    except DossrError as error:
+        return Outcome(item.rel, "failed", str(error), time.perf_counter() - started)
+    return Outcome(item.rel, "done", str(item.output), time.perf_counter() - started)
+
+
+def run_local(pipe: DoSSRPipeline, items: list[BatchItem], params: UpscaleParams, journal: Journal,
+              overwrite: bool, on_start: Callable[[BatchItem], None] | None = None,
+              on_outcome: Callable[[Outcome], None] | None = None, callback: StepCallback | None = None
+              ) -> list[Outcome]:
+    """One item after another in this process, the journal updated around each."""
+    outcomes = []
+    pixel = params.output_params()
+    for item in items:
+        if on_start:
+            on_start(item)
+        may_replace = overwrite or journal.owns(item.output)
+        journal.running(item.rel, item.sha256, pixel, item.output)
+        outcome = process_item(pipe, item, params, may_replace, callback)
+        record(journal, item, pixel, outcome)
+        outcomes.append(outcome)
+        if on_outcome:
+            on_outcome(outcome)
+    return outcomes
+
+
+def record(journal: Journal, item: BatchItem, pixel: dict, outcome: Outcome) -> None:
+    if outcome.status == "done":
+        journal.done(item.rel, item.sha256, pixel, item.output, outcome.seconds)
+    else:
+        journal.failed(item.rel, item.sha256, pixel, item.output, outcome.detail)
+
+
+__all__ = ["JOURNAL_NAME", "BatchItem", "Outcome", "list_inputs", "plan", "process_item", "record", "run_local"]

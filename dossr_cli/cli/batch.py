@@ -1,0 +1,103 @@
+"""`dossr batch DIR [-o OUTDIR]`: a folder (tree) of images, resumable through a journal."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from dossr_cli.batch.journal import Journal
+from dossr_cli.batch.runner import Outcome, list_inputs, plan, run_local
+from dossr_cli.cli import common
+from dossr_cli.cli.console import say, stderr
+from dossr_cli.cli.progress import progress_bars
+from dossr_cli.errors import UsageError
+
+ENGINES = ("local",)
+
+
+def batch(
+    folder: Annotated[Path, typer.Argument(help="Folder of images.", show_default=False)],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Output folder (default: FOLDER_x<scale> "
+                                                "beside FOLDER); mirrors the input tree.")] = None,
+    recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Include subfolders.")] = False,
+    include: Annotated[list[str] | None, typer.Option("--include", help="Only paths matching this glob "
+                                                      "(repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Skip paths matching this glob "
+                                                      "(repeatable).")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="Where images run: local.")] = "local",
+    scale: common.Scale = 4.0,
+    width: common.Width = None,
+    height: common.Height = None,
+    steps: common.Steps = 5,
+    order: common.Order = 3,
+    t1: common.T1 = 500,
+    seed: common.Seed = common.DEFAULT_SEED,
+    color_fix: common.ColorFix = "wavelet",
+    device: common.Device = "auto",
+    dtype: common.Dtype = "auto",
+    weights: common.Weights = None,
+    download: common.Download = False,
+    format: common.Format = None,
+    quality: common.Quality = None,
+    suffix: common.Suffix = None,
+    overwrite: common.Overwrite = False,
+    metadata: common.Metadata = "all",
+    max_pixels: common.MaxPixels = None,
+    compare: common.Compare = None,
+    quiet: common.Quiet = False,
+    debug: common.Debug = False,
+) -> None:
+    """Upscale every image in a folder; re-runs skip what is done and retry what failed."""
+    params = common.make_params(scale, width, height, steps, order, t1, seed, color_fix, format, quality,
+                                metadata, max_pixels)
+    if engine not in ENGINES:
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder")
+    root = folder.resolve()
+    suffix = suffix if suffix is not None else common.default_suffix(params)
+    outdir = (output or folder.with_name(folder.name + suffix)).resolve()
+    sources = list_inputs(root, recursive, include or (), exclude or (), skip=outdir)
+    if not sources:
+        raise UsageError(f"no images in {folder}" + ("" if recursive else " (use -r for subfolders)"))
+    journal = Journal(outdir)
+    try:
+        compare_dir = compare.resolve() if compare is not None else None
+        todo, outcomes = plan(root, outdir, sources, params, suffix, compare_dir, journal)
+        say(f"{len(sources)} images: {len(todo)} to do, {len(outcomes)} already done or unreadable -> {outdir}",
+            quiet)
+        if todo:
+            pipe = common.load_pipeline(weights, device, dtype, download, quiet)
+            with progress_bars(len(todo), params.steps, quiet) as bars:
+                def finished(outcome: Outcome) -> None:
+                    bars.done_image()
+                    if outcome.status == "failed":
+                        stderr.print(f"dossr: error: {outcome.rel}: {outcome.detail}", markup=False)
+
+                outcomes += run_local(pipe, todo, params, journal, overwrite,
+                                      on_start=lambda item: bars.start_image(item.rel),
+                                      on_outcome=finished, callback=bars.step)
+    finally:
+        journal.close()
+    _summary(outcomes, quiet)
+    if any(o.status == "failed" for o in outcomes):
+        sys.exit(1)
+
+
+def _summary(outcomes: list[Outcome], quiet: bool) -> None:
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    if quiet:
+        return
+    table = Table(title="dossr batch", show_edge=False)
+    table.add_column("status")
+    table.add_column("images", justify="right")
+    for status, count in counts.items():
+        table.add_row(status, str(count))
+    stderr.print(table)
+    for outcome in outcomes:
+        if outcome.status == "failed":
+            stderr.print(f"  failed: {outcome.rel}: {outcome.detail}", markup=False)

@@ -1,0 +1,70 @@
+"""Options and helpers that several commands share: one definition each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dossr_cli.batch.job import DEFAULT_SEED, UpscaleParams
+from dossr_cli.cli.console import confirm, say
+from dossr_cli.errors import UsageError
+
+Scale = Annotated[float, typer.Option("-s", "--scale", help="Output scale (any number >= 1).")]
+Width = Annotated[int | None, typer.Option("--width", help="Exact output width (aspect kept if alone).")]
+Height = Annotated[int | None, typer.Option("--height", help="Exact output height (aspect kept if alone).")]
+Steps = Annotated[int, typer.Option("--steps", help="Solver steps (network calls).")]
+Order = Annotated[int, typer.Option("--order", help="DoS-SDE solver order: 1, 2 or 3.")]
+T1 = Annotated[int, typer.Option("--t1", help="Start point of the domain shift (the weights were trained at 500).")]
+Seed = Annotated[int, typer.Option("--seed", help="Run seed; each image's noise is seeded from it and its pixels.")]
+ColorFix = Annotated[str, typer.Option("--color-fix", help="wavelet, adain or none.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cuda, cuda:N, mps or cpu.")]
+Dtype = Annotated[str, typer.Option("--dtype", help="auto, fp16, bf16 or fp32.")]
+Weights = Annotated[str | None, typer.Option("--weights", help="Weights: a name, a bundle folder, a .ckpt or "
+                                             "hf:ORG/REPO (default: $DOSSR_WEIGHTS, else 'default').")]
+Download = Annotated[bool, typer.Option("--download", help="Download the named weights if they are missing.")]
+Format = Annotated[str | None, typer.Option("-f", "--format", help="png, jpg, webp, tiff or bmp (default: input's).")]
+Quality = Annotated[int | None, typer.Option("--quality", help="JPEG/WebP quality 1-100.")]
+Suffix = Annotated[str | None, typer.Option("--suffix", help="Output name suffix (default _x<scale>).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
+Metadata = Annotated[str, typer.Option("--metadata", help="Carry over all (ICC + EXIF), icc or none.")]
+MaxPixels = Annotated[int | None, typer.Option("--max-pixels", help="Refuse inputs larger than this many pixels "
+                                               "(decompression-bomb guard).")]
+Json = Annotated[bool, typer.Option("--json", help="One JSON result per image on stdout.")]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or messages on stderr.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+Compare = Annotated[Path | None, typer.Option("--compare", help="Also write a side-by-side picture (input "
+                                              "enlarged with nearest neighbour | result) to this file or folder.")]
+
+DEFAULTS = UpscaleParams()
+
+
+def make_params(scale: float, width: int | None, height: int | None, steps: int, order: int, t1: int, seed: int,
+                color_fix: str, format: str | None, quality: int | None, metadata: str,
+                max_pixels: int | None) -> UpscaleParams:
+    fmt = format.lower().replace("jpeg", "jpg").replace("tif", "tiff").replace("tifff", "tiff") if format else None
+    return UpscaleParams(scale, width, height, steps, order, t1, seed, color_fix, fmt, quality, metadata,
+                         max_pixels if max_pixels is not None else DEFAULTS.max_pixels).validate()
+
+
+def default_suffix(params: UpscaleParams) -> str:
+    if params.width is not None or params.height is not None:
+        return f"_{params.width or ''}x{params.height or ''}"
+    return f"_x{params.scale:g}"
+
+
+def load_pipeline(weights: str | None, device: str, dtype: str, download: bool, quiet: bool):  # noqa: ANN201
+    """Resolve the weights (maybe asking to download) and load them onto the device."""
+    from dossr_cli.checkpoint.store import resolve_weights
+    from dossr_cli.pipeline import DTYPES, DoSSRPipeline
+
+    if dtype != "auto" and dtype not in DTYPES:
+        raise UsageError(f"--dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    if not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:")):
+        raise UsageError(f"--device must be auto, cuda, cuda:N, mps or cpu; got {device!r}")
+    path = resolve_weights(weights, download=download, confirm=confirm, progress=lambda m: say(m, quiet))
+    return DoSSRPipeline.from_pretrained(path, device=device, dtype=dtype)
+
+
+__all__ = ["DEFAULT_SEED", "default_suffix", "load_pipeline", "make_params"]
