@@ -7,6 +7,7 @@ the page cache instead of being copied, and a pickle that needs code is refused.
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -23,30 +24,35 @@ class UnsafeCheckpointError(WeightsError):
     """A pickle that would need to run code to load: refused, nothing of it executed."""
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6
+PICKLE_MAGIC = b"\x80"  # a legacy torch.save file (or a bare pickle) opens with a protocol marker
+
+
 def load_checkpoint_file(path: Path) -> dict[str, torch.Tensor]:
     """The state dict of a .ckpt/.pth file, read safely; raise WeightsError with the reason."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such checkpoint file")
-    if path.stat().st_size == 0:
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head:
         raise WeightsError(f"{path} is empty: download it again")
+    if not head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+        raise WeightsError(f"{path} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle)")
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        with warnings.catch_warnings():  # torch's notes on pickle protocols would break the one-line error
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=head.startswith(ZIP_MAGIC))
     except pickle.UnpicklingError as error:
-        reason = str(error).splitlines()[0] if str(error) else "unsupported object"
-        if "weights only" in str(error).lower() or "weights_only" in str(error):
+        blocked = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported global" in line]
+        if blocked:
             raise UnsafeCheckpointError(
                 f"{path} refused: it holds Python objects that would run code when loaded, and dossr only "
-                f"loads plain tensors ({reason[:160]})") from None
-        raise WeightsError(f"{path} is not a readable checkpoint (corrupt or truncated): {reason[:160]}") from None
+                f"loads plain tensors ({blocked[0][:120]})") from None
+        raise WeightsError(f"{path} is not a readable checkpoint (corrupt or truncated?)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise WeightsError(f"{path} is not a readable checkpoint (corrupt or truncated?): {reason[:160]}") from None
+        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        raise WeightsError(f"{path} is not a readable checkpoint (corrupt or truncated?): {reason}") from None
     from dossr_cli.checkpoint.authors import canonical_state_dict
 
     return canonical_state_dict(obj)

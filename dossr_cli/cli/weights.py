@@ -38,8 +38,8 @@ def import_(
         out = store.weights_dir() / name
     if out.exists():
         raise UsageError(f"{out} already exists: remove it first (dossr weights rm NAME) or choose --name/--out")
-    say(f"importing {checkpoint} -> {out}")
     bundle = import_checkpoint(checkpoint, out, dtype=dtype, name=name or out.name)
+    say(f"imported {checkpoint} -> {bundle}")
     stdout.print(str(bundle), markup=False)
 
 
