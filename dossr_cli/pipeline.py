@@ -119,12 +119,13 @@ class DoSSRPipeline:
         self.networks = networks.eval().requires_grad_(False).to(self.device, self.dtype)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = "auto",
-                        dtype: str | torch.dtype | None = "auto") -> DoSSRPipeline:
-        """Load a weight bundle folder (see `dossr weights import`)."""
+    def from_pretrained(cls, weights: str | Path = "default", device: str | torch.device | None = "auto",
+                        dtype: str | torch.dtype | None = "auto", download: bool = False) -> DoSSRPipeline:
+        """Load weights as `--weights` names them: a cached name, a bundle folder, a .ckpt or hf:ORG/REPO."""
         from dossr_cli.checkpoint.bundle import load_bundle
+        from dossr_cli.checkpoint.store import resolve_weights
 
-        return cls(load_bundle(Path(path)), device=device, dtype=dtype)
+        return cls(load_bundle(resolve_weights(str(weights), download=download)), device=device, dtype=dtype)
 
     @property
     def config(self) -> ModelConfig:
