@@ -66,6 +66,8 @@ class UpscaleParams:
             raise UsageError(f"--quality must be in 1..100; got {self.quality}")
         if self.metadata not in METADATA_MODES:
             raise UsageError(f"--metadata must be one of {', '.join(METADATA_MODES)}; got {self.metadata!r}")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise UsageError(f"--max-pixels must be a positive number of pixels; got {self.max_pixels}")
         return self
 
     def target_size(self, height: int, width: int) -> tuple[int, int]:

@@ -11,10 +11,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dossr_cli import imageio
 from dossr_cli.batch.job import UpscaleParams, compare_picture, run_job
-from dossr_cli.batch.journal import JOURNAL_NAME, Journal, content_sha256
+from dossr_cli.batch.journal import JOURNAL_NAME, Journal, content_sha256, params_key
 from dossr_cli.errors import DossrError
 from dossr_cli.pipeline import DoSSRPipeline
 from dossr_cli.solver import StepCallback
@@ -35,7 +36,7 @@ class BatchItem:
 class Outcome:
     rel: str
     status: str  # "done", "skipped" or "failed"
-    detail: str = ""
+    detail: str = ""  # the output file, or for a failure what went wrong
     seconds: float = 0.0
 
 
@@ -68,11 +69,14 @@ def output_path(root: Path, outdir: Path, source: Path, suffix: str, fmt: str | 
     return outdir / rel.parent / f"{source.stem}{suffix}{imageio.extension(out_format)}"
 
 
-def plan(root: Path, outdir: Path, sources: list[Path], params: UpscaleParams, suffix: str,
+def plan(root: Path, outdir: Path, sources: list[Path], params: UpscaleParams, model: str, suffix: str,
          compare_dir: Path | None, journal: Journal) -> tuple[list[BatchItem], list[Outcome]]:
-    """Items to run, and the outcomes already known (skipped as done, or unreadable)."""
+    """Items to run, and the outcomes already known (skipped as done, or unreadable).
+
+    `model` identifies the weights (cli.common.weights_identity): other weights redo everything.
+    """
     todo, known = [], []
-    key = _params_key(params)
+    key = params_key(journal_params(params, model))
     for source in sources:
         rel = source.relative_to(root).as_posix()
         output = output_path(root, outdir, source, suffix, params.format)
@@ -82,17 +86,16 @@ def plan(root: Path, outdir: Path, sources: list[Path], params: UpscaleParams, s
             known.append(Outcome(rel, "failed", f"cannot read: {error.strerror or error}"))
             continue
         if journal.is_done(rel, sha, key, output):
-            known.append(Outcome(rel, "skipped", "done before"))
+            known.append(Outcome(rel, "skipped", str(output)))
             continue
         compare = None if compare_dir is None else compare_dir / Path(rel).parent / f"{source.stem}_compare.png"
         todo.append(BatchItem(source, rel, output, compare, sha))
     return todo, known
 
 
-def _params_key(params: UpscaleParams) -> str:
-    from dossr_cli.batch.journal import params_key
-
-    return params_key(params.output_params())
+def journal_params(params: UpscaleParams, model: str) -> dict[str, Any]:
+    """What the journal keys an output by: everything that decides its bytes, the weights included."""
+    return {**params.output_params(), "weights": model}
 
 
 def process_item(pipe: DoSSRPipeline, item: BatchItem, params: UpscaleParams, may_replace: bool,
@@ -116,13 +119,13 @@ def process_item(pipe: DoSSRPipeline, item: BatchItem, params: UpscaleParams, ma
     return Outcome(item.rel, "done", str(item.output), time.perf_counter() - started)
 
 
-def run_local(pipe: DoSSRPipeline, items: list[BatchItem], params: UpscaleParams, journal: Journal,
+def run_local(pipe: DoSSRPipeline, items: list[BatchItem], params: UpscaleParams, model: str, journal: Journal,
               overwrite: bool, on_start: Callable[[BatchItem], None] | None = None,
               on_outcome: Callable[[Outcome], None] | None = None, callback: StepCallback | None = None
               ) -> list[Outcome]:
     """One item after another in this process, the journal updated around each."""
     outcomes = []
-    pixel = params.output_params()
+    pixel = journal_params(params, model)
     for item in items:
         if on_start:
             on_start(item)
@@ -143,4 +146,5 @@ def record(journal: Journal, item: BatchItem, pixel: dict, outcome: Outcome) -> 
         journal.failed(item.rel, item.sha256, pixel, item.output, outcome.detail)
 
 
-__all__ = ["JOURNAL_NAME", "BatchItem", "Outcome", "list_inputs", "plan", "process_item", "record", "run_local"]
+__all__ = ["JOURNAL_NAME", "BatchItem", "Outcome", "journal_params", "list_inputs", "plan", "process_item", "record",
+           "run_local"]

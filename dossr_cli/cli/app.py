@@ -79,4 +79,6 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         stderr.print(f"dossr: error: {type(error).__name__}: {error} (run with --debug for details)", markup=False)
         sys.exit(EXIT_FAILED)
+    if code == EXIT_INTERRUPTED:  # Typer turns Ctrl-C inside a command into this code, silently
+        stderr.print("dossr: interrupted", markup=False)
     sys.exit(code if isinstance(code, int) else EXIT_OK)

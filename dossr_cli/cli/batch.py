@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -9,10 +10,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dossr_cli.batch.journal import Journal
+from dossr_cli.batch.journal import JOURNAL_NAME, Journal
 from dossr_cli.batch.runner import Outcome, list_inputs, plan, run_local
 from dossr_cli.cli import common
-from dossr_cli.cli.console import say, stderr
+from dossr_cli.cli.console import say, stderr, stdout
 from dossr_cli.cli.progress import progress_bars
 from dossr_cli.errors import UsageError
 
@@ -48,37 +49,55 @@ def batch(
     metadata: common.Metadata = "all",
     max_pixels: common.MaxPixels = None,
     compare: common.Compare = None,
+    json_output: common.Json = False,
     quiet: common.Quiet = False,
     debug: common.Debug = False,
 ) -> None:
     """Upscale every image in a folder; re-runs skip what is done and retry what failed."""
     params = common.make_params(scale, width, height, steps, order, t1, seed, color_fix, format, quality,
                                 metadata, max_pixels)
+    common.check_device_dtype(device, dtype)
     if engine not in ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder")
     root = folder.resolve()
     suffix = suffix if suffix is not None else common.default_suffix(params)
-    outdir = (output or folder.with_name(folder.name + suffix)).resolve()
+    outdir = (output.resolve() if output is not None else root.with_name(root.name + suffix))
     sources = list_inputs(root, recursive, include or (), exclude or (), skip=outdir)
     if not sources:
         raise UsageError(f"no images in {folder}" + ("" if recursive else " (use -r for subfolders)"))
+
+    def report(outcome: Outcome) -> None:
+        if outcome.status == "failed":
+            stderr.print(f"dossr: error: {outcome.rel}: {outcome.detail}", markup=False)
+        if json_output:
+            stdout.print(_json_line(root, outcome), markup=False)
+
+    bundle = common.find_weights(weights, download, quiet)
+    model = common.weights_identity(bundle)  # other weights give other pixels: part of what makes an image done
+    pipe = None
+    if not (outdir / JOURNAL_NAME).is_file():
+        # A first run has everything to do: load the weights before the output folder and journal exist,
+        # so that weights that cannot be loaded leave nothing behind.
+        pipe = common.load_pipeline(bundle, device, dtype)
     journal = Journal(outdir)
     try:
         compare_dir = compare.resolve() if compare is not None else None
-        todo, outcomes = plan(root, outdir, sources, params, suffix, compare_dir, journal)
+        todo, outcomes = plan(root, outdir, sources, params, model, suffix, compare_dir, journal)
         say(f"{len(sources)} images: {len(todo)} to do, {len(outcomes)} already done or unreadable -> {outdir}",
             quiet)
+        for outcome in outcomes:
+            report(outcome)
         if todo:
-            pipe = common.load_pipeline(weights, device, dtype, download, quiet)
+            if pipe is None:
+                pipe = common.load_pipeline(bundle, device, dtype)
             with progress_bars(len(todo), params.steps, quiet) as bars:
                 def finished(outcome: Outcome) -> None:
                     bars.done_image()
-                    if outcome.status == "failed":
-                        stderr.print(f"dossr: error: {outcome.rel}: {outcome.detail}", markup=False)
+                    report(outcome)
 
-                outcomes += run_local(pipe, todo, params, journal, overwrite,
+                outcomes += run_local(pipe, todo, params, model, journal, overwrite,
                                       on_start=lambda item: bars.start_image(item.rel),
                                       on_outcome=finished, callback=bars.step)
     finally:
@@ -86,6 +105,14 @@ def batch(
     _summary(outcomes, quiet)
     if any(o.status == "failed" for o in outcomes):
         sys.exit(1)
+
+
+def _json_line(root: Path, outcome: Outcome) -> str:
+    result = {"input": str(root / outcome.rel), "status": outcome.status,
+              "error" if outcome.status == "failed" else "output": outcome.detail}
+    if outcome.status == "done":
+        result["seconds"] = round(outcome.seconds, 3)
+    return json.dumps(result)
 
 
 def _summary(outcomes: list[Outcome], quiet: bool) -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from dossr_cli.batch.job import DEFAULT_SEED, UpscaleParams
 from dossr_cli.cli.console import confirm, say
 from dossr_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from dossr_cli.pipeline import DoSSRPipeline
 
 Scale = Annotated[float, typer.Option("-s", "--scale", help="Output scale (any number >= 1).")]
 Width = Annotated[int | None, typer.Option("--width", help="Exact output width (aspect kept if alone).")]
@@ -54,17 +59,50 @@ def default_suffix(params: UpscaleParams) -> str:
     return f"_x{params.scale:g}"
 
 
-def load_pipeline(weights: str | None, device: str, dtype: str, download: bool, quiet: bool):  # noqa: ANN201
-    """Resolve the weights (maybe asking to download) and load them onto the device."""
-    from dossr_cli.checkpoint.store import resolve_weights
-    from dossr_cli.pipeline import DTYPES, DoSSRPipeline
+def check_device_dtype(device: str, dtype: str) -> None:
+    """Checked with the other options, before any file or folder is touched; a device this machine
+    lacks is named here rather than failing deep inside torch."""
+    import torch
+
+    from dossr_cli.pipeline import DTYPES
 
     if dtype != "auto" and dtype not in DTYPES:
         raise UsageError(f"--dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
-    if not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:")):
+    if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise UsageError(f"--device must be auto, cuda, cuda:N, mps or cpu; got {device!r}")
-    path = resolve_weights(weights, download=download, confirm=confirm, progress=lambda m: say(m, quiet))
-    return DoSSRPipeline.from_pretrained(path, device=device, dtype=dtype)
+    count = torch.cuda.device_count() if device.startswith("cuda") else 0
+    if device.startswith("cuda") and count <= int(device.partition(":")[2] or 0):
+        found = f"only cuda:0..cuda:{count - 1}" if count else "no CUDA device"
+        raise UsageError(f"--device {device}: this machine's torch sees {found}; use --device auto or cpu")
+    mps = getattr(torch.backends, "mps", None)
+    if device == "mps" and not (mps is not None and mps.is_available()):
+        raise UsageError("--device mps: Apple's Metal (MPS) is not available here; use --device auto or cpu")
 
 
-__all__ = ["DEFAULT_SEED", "default_suffix", "load_pipeline", "make_params"]
+def find_weights(weights: str | None, download: bool, quiet: bool) -> Path:
+    """The bundle folder for --weights (maybe asking to download it); nothing is loaded yet."""
+    from dossr_cli.checkpoint.store import resolve_weights
+
+    return resolve_weights(weights, download=download, confirm=confirm, progress=lambda m: say(m, quiet))
+
+
+def weights_identity(bundle: Path) -> str:
+    """What decides the model: its config and each file's sha256, as recorded in the bundle (nothing hashed here)."""
+    from dossr_cli.checkpoint.bundle import read_bundle_config
+
+    config = read_bundle_config(bundle)
+    recorded = {"model": config.get("model"),
+                "files": {name: entry.get("sha256") for name, entry in config["components"].items()}}
+    return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_pipeline(bundle: Path, device: str, dtype: str) -> DoSSRPipeline:
+    """Load a bundle found by `find_weights` onto the device."""
+    from dossr_cli.pipeline import DoSSRPipeline
+
+    check_device_dtype(device, dtype)
+    return DoSSRPipeline.from_pretrained(bundle, device=device, dtype=dtype)
+
+
+__all__ = ["DEFAULT_SEED", "check_device_dtype", "default_suffix", "find_weights", "load_pipeline", "make_params",
+           "weights_identity"]

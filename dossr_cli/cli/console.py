@@ -7,9 +7,10 @@ import sys
 
 from rich.console import Console
 
-# Rich honours NO_COLOR itself; plain output when stderr is not a terminal
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-stdout = Console(highlight=False, soft_wrap=True)
+# Rich honours NO_COLOR itself; plain output when stderr is not a terminal. No emoji codes:
+# a file named "x:smile:.png" must reach stdout's JSON and stderr's messages unchanged.
+stderr = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+stdout = Console(highlight=False, soft_wrap=True, emoji=False)
 
 
 def say(message: str, quiet: bool = False) -> None:

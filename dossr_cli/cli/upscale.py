@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from dossr_cli import imageio
-from dossr_cli.batch.job import UpscaleParams, compare_picture, run_job
+from dossr_cli.batch.job import JobResult, UpscaleParams, compare_picture, run_job
 from dossr_cli.cli import common
 from dossr_cli.cli.console import say, stderr, stdout
 from dossr_cli.cli.progress import progress_bars
@@ -64,36 +65,40 @@ def upscale(
     """Upscale images with DoSSR (defaults: the paper's x4, 5 steps, order 3, wavelet colour fix)."""
     params = common.make_params(scale, width, height, steps, order, t1, seed, color_fix, format, quality,
                                 metadata, max_pixels)
+    common.check_device_dtype(device, dtype)
     many = len(inputs) > 1
     if output == STDIO and many:
         raise UsageError("-o - (stdout) takes a single input")
     if inputs.count(STDIO) > 1:
         raise UsageError("stdin (-) can be read only once")
-    if output is not None and output != STDIO and not many and not Path(output).is_dir():
-        if params.format is None and imageio.format_from_name(output) is None and not output.endswith(("/", "\\")):
-            raise UsageError(f"cannot tell the format of {output}: give it an extension or --format")
-    plans = [(source, plan_output(source, output, params, suffix if suffix is not None
-                                  else common.default_suffix(params), many)) for source in inputs]
-    if json_output and any(dest == STDIO for _, dest in plans):
+    if output is not None and output != STDIO:
+        _check_destination(output, params, many)
+    if compare is not None:
+        _check_folder("--compare", compare if many or compare.is_dir() else compare.parent)
+    suffix = suffix if suffix is not None else common.default_suffix(params)
+    plans = [(source, plan_output(source, output, params, suffix, many), _compare_target(compare, source, many))
+             for source in inputs]
+    if json_output and any(dest == STDIO for _, dest, _ in plans):
         raise UsageError("--json writes to stdout, so it cannot be combined with writing the image to stdout")
 
     failures = 0
     pending = []
-    for source, dest in plans:  # refuse what would overwrite before loading any model
-        if dest != STDIO and Path(dest).exists() and not overwrite:
+    for source, dest, side in plans:  # refuse what would overwrite before loading any model
+        existing = [str(p) for p in (dest, side) if p not in (None, STDIO) and Path(p).exists()]
+        if existing and not overwrite:
             failures += 1
-            _report_failure(source, f"{dest} already exists (pass --overwrite to replace it)", json_output)
+            _report_failure(source, f"{existing[0]} already exists (pass --overwrite to replace it)", json_output)
         elif source != STDIO and not Path(source).is_file():
             failures += 1
             _report_failure(source, "no such file" if not Path(source).exists() else "not a file", json_output)
         else:
-            pending.append((source, dest))
+            pending.append((source, dest, side))
     if not pending:
         sys.exit(1)
 
-    pipe = common.load_pipeline(weights, device, dtype, download, quiet)
+    pipe = common.load_pipeline(common.find_weights(weights, download, quiet), device, dtype)
     with progress_bars(len(pending), params.steps, quiet) as bars:
-        for source, dest in pending:
+        for source, dest, side in pending:
             bars.start_image(source)
             try:
                 data = sys.stdin.buffer.read() if source == STDIO else Path(source)
@@ -106,11 +111,13 @@ def upscale(
                     sys.stdout.buffer.flush()
                 else:
                     imageio.write_atomic(dest, result.data, overwrite=overwrite)
-                if compare is not None:
-                    _write_compare(compare, source, result, many, overwrite)
+                if side is not None:
+                    _write_compare(side, result, overwrite)
             except DossrError as error:
                 failures += 1
                 bars.done_image()
+                if debug:
+                    traceback.print_exc()
                 _report_failure(source, str(error), json_output)
                 continue
             bars.done_image()
@@ -127,18 +134,42 @@ def upscale(
         sys.exit(1)
 
 
+def _check_destination(output: str, params: UpscaleParams, many: bool) -> None:
+    """-o names a folder that exists, or a file whose name and --format agree on one format."""
+    as_folder = many or output.endswith(("/", "\\")) or Path(output).is_dir()
+    _check_folder("-o", Path(output) if as_folder else Path(output).parent)
+    if as_folder:
+        return
+    named = imageio.format_from_name(output)
+    if params.format is None and named is None:
+        raise UsageError(f"cannot tell the format of {output}: give it an extension or --format")
+    if params.format is not None and named is not None and named != params.format:
+        raise UsageError(f"-o {output} names a {named} file but --format is {params.format}; make them agree")
+
+
+def _check_folder(option: str, folder: Path) -> None:
+    """Before any model work: a missing output folder would fail every image at its very end."""
+    if not folder.is_dir():
+        raise UsageError(f"{option}: the folder '{folder}' does not exist; create it first")
+
+
 def _report_failure(source: str, message: str, json_output: bool) -> None:
     stderr.print(f"dossr: error: {source}: {message}", markup=False)
     if json_output:
         stdout.print(json.dumps({"input": source, "status": "failed", "error": message}), markup=False)
 
 
-def _write_compare(compare: Path, source: str, result, many: bool, overwrite: bool) -> None:  # noqa: ANN001
-    picture = compare_picture(result.lr_rgb, result.rgb)
+def _compare_target(compare: Path | None, source: str, many: bool) -> Path | None:
+    """Where --compare puts one input's side-by-side picture: the file given, or NAME_compare.png in the folder."""
+    if compare is None:
+        return None
     if many or compare.is_dir():
         stem = "stdin" if source == STDIO else Path(source).stem
-        target = compare / f"{stem}_compare.png"
-    else:
-        target = compare
+        return compare / f"{stem}_compare.png"
+    return compare
+
+
+def _write_compare(target: Path, result: JobResult, overwrite: bool) -> None:
+    picture = compare_picture(result.lr_rgb, result.rgb)
     fmt = imageio.format_from_name(target) or "png"
     imageio.write_atomic(target, imageio.encode_image(picture, None, fmt, metadata="none"), overwrite=overwrite)
