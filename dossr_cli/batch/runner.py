@@ -38,10 +38,11 @@ class Outcome:
     status: str  # "done", "skipped" or "failed"
     detail: str = ""  # the output file, or for a failure what went wrong
     seconds: float = 0.0
+    notes: tuple[str, ...] = ()  # things the user should hear about (alpha flattened, metadata dropped)
 
 
 def list_inputs(root: Path, recursive: bool, include: Iterable[str] = (), exclude: Iterable[str] = (),
-                skip: Path | None = None) -> list[Path]:
+                skip: Iterable[Path] = ()) -> list[Path]:
     """Image files under `root` in a stable order; globs match the path relative to root."""
     include, exclude = list(include), list(exclude)
     candidates = root.rglob("*") if recursive else root.iterdir()
@@ -49,7 +50,7 @@ def list_inputs(root: Path, recursive: bool, include: Iterable[str] = (), exclud
     for path in candidates:
         if not path.is_file() or path.name.startswith("."):
             continue
-        if skip is not None and skip in path.parents:
+        if any(folder in path.parents for folder in skip):
             continue
         rel = path.relative_to(root).as_posix()
         if include and not any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(path.name, g) for g in include):
@@ -116,7 +117,7 @@ def process_item(pipe: DoSSRPipeline, item: BatchItem, params: UpscaleParams, ma
             imageio.write_atomic(item.compare, picture, overwrite=True)
     except DossrError as error:
         return Outcome(item.rel, "failed", str(error), time.perf_counter() - started)
-    return Outcome(item.rel, "done", str(item.output), time.perf_counter() - started)
+    return Outcome(item.rel, "done", str(item.output), time.perf_counter() - started, result.notes)
 
 
 def run_local(pipe: DoSSRPipeline, items: list[BatchItem], params: UpscaleParams, model: str, journal: Journal,

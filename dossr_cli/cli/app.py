@@ -70,7 +70,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(error.exit_code)
     except Exception as error:  # noqa: BLE001 - the one place every other failure becomes one line
         if _is_click_error(error):
-            error.show()  # usage errors: the usage line and the problem, exit code 2
+            if type(error).__name__ == "NoArgsIsHelpError":
+                error.show()  # a bare `dossr upscale`: its help
+            else:  # one line, like every other error, with where to look
+                context = getattr(error, "ctx", None)
+                hint = f" (see '{context.command_path} --help')" if context is not None else ""
+                stderr.print(f"dossr: error: {error.format_message()}{hint}", markup=False)
             sys.exit(error.exit_code)
         if type(error).__name__ == "Abort":  # the vendored Click's Abort: Ctrl-C at a prompt
             stderr.print("dossr: interrupted", markup=False)

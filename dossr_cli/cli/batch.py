@@ -13,7 +13,7 @@ from rich.table import Table
 from dossr_cli.batch.journal import JOURNAL_NAME, Journal
 from dossr_cli.batch.runner import Outcome, list_inputs, plan, run_local
 from dossr_cli.cli import common
-from dossr_cli.cli.console import say, stderr, stdout
+from dossr_cli.cli.console import error_line, say, stderr, stdout
 from dossr_cli.cli.progress import progress_bars
 from dossr_cli.errors import UsageError
 
@@ -64,13 +64,16 @@ def batch(
     root = folder.resolve()
     suffix = suffix if suffix is not None else common.default_suffix(params)
     outdir = (output.resolve() if output is not None else root.with_name(root.name + suffix))
-    sources = list_inputs(root, recursive, include or (), exclude or (), skip=outdir)
+    skip = [outdir] + ([compare.resolve()] if compare is not None else [])  # never read our own outputs back
+    sources = list_inputs(root, recursive, include or (), exclude or (), skip=skip)
     if not sources:
         raise UsageError(f"no images in {folder}" + ("" if recursive else " (use -r for subfolders)"))
 
     def report(outcome: Outcome) -> None:
         if outcome.status == "failed":
-            stderr.print(f"dossr: error: {outcome.rel}: {outcome.detail}", markup=False)
+            stderr.print(error_line(outcome.rel, outcome.detail), markup=False)
+        for note in outcome.notes:
+            say(f"dossr: note: {outcome.rel}: {note}", quiet)
         if json_output:
             stdout.print(_json_line(root, outcome), markup=False)
 
@@ -127,4 +130,5 @@ def _summary(outcomes: list[Outcome], quiet: bool) -> None:
     stderr.print(table)
     for outcome in outcomes:
         if outcome.status == "failed":
-            stderr.print(f"  failed: {outcome.rel}: {outcome.detail}", markup=False)
+            stderr.print("  failed: " + error_line(outcome.rel, outcome.detail).removeprefix("dossr: error: "),
+                         markup=False)

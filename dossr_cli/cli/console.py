@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from rich.console import Console
@@ -11,6 +12,21 @@ from rich.console import Console
 # a file named "x:smile:.png" must reach stdout's JSON and stderr's messages unchanged.
 stderr = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 stdout = Console(highlight=False, soft_wrap=True, emoji=False)
+
+
+def error_line(subject: str, message: str) -> str:
+    """`dossr: error: SUBJECT: MESSAGE`, naming the subject once.
+
+    Library messages often open with the file's quoted path already ("'a/b.png': ..."):
+    that opening gives way to the subject as the user typed it.
+    """
+    name = subject.replace("\\", "/").rsplit("/", 1)[-1]
+    quoted = re.match(r"^'([^']*)': (.*)$", message, re.DOTALL)
+    if quoted and quoted.group(1).replace("\\", "/").endswith(name):
+        message = quoted.group(2)
+    elif name and name in message:
+        return f"dossr: error: {message}"
+    return f"dossr: error: {subject}: {message}"
 
 
 def say(message: str, quiet: bool = False) -> None:

@@ -13,7 +13,7 @@ import typer
 from dossr_cli import imageio
 from dossr_cli.batch.job import JobResult, UpscaleParams, compare_picture, run_job
 from dossr_cli.cli import common
-from dossr_cli.cli.console import say, stderr, stdout
+from dossr_cli.cli.console import error_line, say, stderr, stdout
 from dossr_cli.cli.progress import progress_bars
 from dossr_cli.errors import DossrError, UsageError
 
@@ -154,7 +154,7 @@ def _check_folder(option: str, folder: Path) -> None:
 
 
 def _report_failure(source: str, message: str, json_output: bool) -> None:
-    stderr.print(f"dossr: error: {source}: {message}", markup=False)
+    stderr.print(error_line(source, message), markup=False)
     if json_output:
         stdout.print(json.dumps({"input": source, "status": "failed", "error": message}), markup=False)
 

@@ -248,3 +248,21 @@ def test_debug_shows_a_traceback_for_a_run_level_failure(dossr, tree, tmp_path):
     assert plain.code == debug.code == 1
     assert "Traceback" not in plain.stderr and "Traceback" in debug.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_batch_says_what_a_format_cannot_keep(dossr, tmp_path):
+    save(smooth_image(16, 16, "t").convert("RGBA"), tmp_path / "in" / "t.png")
+    result = dossr("batch", tmp_path / "in", "-o", tmp_path / "out", "--format", "jpg")
+    assert result.code == 0
+    assert "dossr: note: t.png: jpg has no alpha channel" in result.stderr
+    assert decode(tmp_path / "out" / "t_x4.jpg").mode == "RGB"
+
+
+def test_a_compare_folder_inside_the_input_tree_is_not_read_back(dossr, tmp_path):
+    root = tmp_path / "in"
+    save(smooth_image(16, 16, "a"), root / "a.png")
+    for _ in range(2):
+        result = dossr("batch", root, "-r", "-o", tmp_path / "out", "--compare", root / "side")
+        assert result.code == 0, result.stderr
+    assert files_in(root) == {"a.png", "side/a_compare.png"}
+    assert batch_summary(result.stderr) == {"done": 0, "skipped": 1, "failed": 0}

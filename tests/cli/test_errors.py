@@ -183,7 +183,8 @@ def test_click_level_usage_errors(dossr, tmp_path, options):
     source = save(smooth_image(16, 16), tmp_path / "lr.png")
     result = dossr("upscale", source, *options)
     assert result.code == 2 and "Traceback" not in result.stderr
-    assert len([line for line in result.stderr.splitlines() if line.startswith("Error:")]) == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dossr: error: ") and "'dossr upscale --help'" in lines[0]
     assert files_in(tmp_path) == {"lr.png"}
 
 
