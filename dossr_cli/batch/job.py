@@ -10,6 +10,7 @@ import dataclasses
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 
 from dossr_cli import imageio
 from dossr_cli.colorfix import COLOR_FIXES
-from dossr_cli.errors import UsageError
+from dossr_cli.errors import DossrError, UsageError
 from dossr_cli.pipeline import DoSSRPipeline, image_seed, output_size
 from dossr_cli.schedule import DEFAULT_T1, MAX_STEPS
 from dossr_cli.solver import ORDERS, StepCallback
@@ -106,30 +107,36 @@ class JobResult:
     notes: tuple[str, ...] = ()  # things the user should hear about (metadata not carried, alpha flattened)
 
 
-def upscale_decoded(pipe: DoSSRPipeline, image: imageio.DecodedImage, params: UpscaleParams,
-                    callback: StepCallback | None = None) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """The model on colour (premultiplied where there is alpha), alpha on its own Lanczos path."""
-    height, width = image.rgb.shape[:2]
+def upscale_decoded_batch(pipe: DoSSRPipeline, images: Sequence[imageio.DecodedImage], params: UpscaleParams,
+                          callback: StepCallback | None = None) -> list[tuple[np.ndarray, np.ndarray | None, int]]:
+    """Images of one size through the model together, each with its own seed (run seed + its pixels).
+
+    Colour goes in premultiplied where there is alpha; alpha takes its own Lanczos path.
+    Returns (rgb, alpha or None, seed) per image, in order.
+    """
+    shapes = {image.rgb.shape[:2] for image in images}
+    if len(shapes) != 1:
+        raise ValueError(f"a batch must hold images of one size, got {sorted(shapes)}")
+    height, width = shapes.pop()
     size = params.target_size(height, width)
-    colour = imageio.premultiply(image.rgb, image.alpha) if image.alpha is not None else image.rgb
-    lq = torch.from_numpy(np.ascontiguousarray(colour, dtype=np.float32)).permute(2, 0, 1)[None]
-    seed = image_seed(params.seed, lq[0])
+    colours = [imageio.premultiply(im.rgb, im.alpha) if im.alpha is not None else im.rgb for im in images]
+    lq = torch.stack([torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32)).permute(2, 0, 1) for c in colours])
+    seeds = [image_seed(params.seed, image) for image in lq]
     out = pipe.upscale_tensor(lq, steps=params.steps, order=params.order, t1=params.t1,
-                              color_fix=params.color_fix, seeds=[seed], size=size, callback=callback)
-    rgb = out[0].permute(1, 2, 0).numpy()
-    alpha = None
-    if image.alpha is not None:
-        alpha = imageio.upscale_alpha(image.alpha, size)
-        rgb = imageio.unpremultiply(rgb, alpha)
-    return rgb, alpha, seed
+                              color_fix=params.color_fix, seeds=seeds, size=size, callback=callback)
+    results = []
+    for image, rgb_chw, seed in zip(images, out, seeds):
+        rgb, alpha = rgb_chw.permute(1, 2, 0).numpy(), None
+        if image.alpha is not None:
+            alpha = imageio.upscale_alpha(image.alpha, size)
+            rgb = imageio.unpremultiply(rgb, alpha)
+        results.append((rgb, alpha, seed))
+    return results
 
 
-def run_job(pipe: DoSSRPipeline, source: Path | bytes, params: UpscaleParams, out_format: str | None = None,
-            callback: StepCallback | None = None) -> JobResult:
-    """Decode `source`, upscale it and encode the result in `out_format` (default: the input's)."""
-    started = time.perf_counter()
-    image = imageio.read_image(source, max_pixels=params.max_pixels)
-    rgb, alpha, seed = upscale_decoded(pipe, image, params, callback)
+def encode_result(image: imageio.DecodedImage, rgb: np.ndarray, alpha: np.ndarray | None, seed: int,
+                  params: UpscaleParams, out_format: str | None, seconds: float) -> JobResult:
+    """Encode in `out_format` (default: the input's), noting what that format cannot keep."""
     fmt = out_format or params.format or image.format
     notes = []
     if alpha is not None and fmt not in imageio.ALPHA_FORMATS:
@@ -142,8 +149,52 @@ def run_job(pipe: DoSSRPipeline, source: Path | bytes, params: UpscaleParams, ou
                                     icc_profile=image.icc_profile, exif=image.exif, metadata=params.metadata)
     notes += [str(w.message) for w in caught if issubclass(w.category, imageio.MetadataWarning)]
     height, width = image.rgb.shape[:2]
-    return JobResult(data, fmt, (width, height), (rgb.shape[1], rgb.shape[0]), seed,
-                     time.perf_counter() - started, alpha is not None, image.bit_depth, image.rgb, rgb, tuple(notes))
+    return JobResult(data, fmt, (width, height), (rgb.shape[1], rgb.shape[0]), seed, seconds,
+                     alpha is not None, image.bit_depth, image.rgb, rgb, tuple(notes))
+
+
+def run_job(pipe: DoSSRPipeline, source: Path | bytes, params: UpscaleParams, out_format: str | None = None,
+            callback: StepCallback | None = None) -> JobResult:
+    """Decode `source`, upscale it and encode the result in `out_format` (default: the input's)."""
+    result = run_jobs(pipe, [source], params, [out_format], callback)[0]
+    if isinstance(result, DossrError):
+        raise result
+    return result
+
+
+def run_jobs(pipe: DoSSRPipeline, sources: Sequence[Path | bytes], params: UpscaleParams,
+             out_formats: Sequence[str | None], callback: StepCallback | None = None) -> list[JobResult | DossrError]:
+    """Several images; those of one size go through the model as one batch.
+
+    A failure stays with its image: the list holds each image's result or its error.
+    Batched and single runs agree to float precision (~1e-6), so a rare 8-bit pixel
+    may round the other way; `--batch-size 1` gives exactly `dossr upscale`'s bytes.
+    """
+    results: list[JobResult | DossrError | None] = [None] * len(sources)
+    decoded: dict[int, imageio.DecodedImage] = {}
+    for i, source in enumerate(sources):
+        try:
+            decoded[i] = imageio.read_image(source, max_pixels=params.max_pixels)
+        except DossrError as error:
+            results[i] = error
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, image in decoded.items():
+        groups.setdefault(image.rgb.shape[:2], []).append(i)
+    for members in groups.values():
+        started = time.perf_counter()
+        try:
+            upscaled = upscale_decoded_batch(pipe, [decoded[i] for i in members], params, callback)
+        except DossrError as error:
+            for i in members:
+                results[i] = error
+            continue
+        share = (time.perf_counter() - started) / len(members)
+        for i, (rgb, alpha, seed) in zip(members, upscaled):
+            try:
+                results[i] = encode_result(decoded[i], rgb, alpha, seed, params, out_formats[i], share)
+            except DossrError as error:
+                results[i] = error
+    return results  # type: ignore[return-value]
 
 
 def compare_picture(lr_rgb: np.ndarray, result_rgb: np.ndarray) -> np.ndarray:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dossr_cli import imageio
-from dossr_cli.batch.job import UpscaleParams, compare_picture, run_job
+from dossr_cli.batch.job import UpscaleParams, compare_picture, run_jobs
 from dossr_cli.batch.journal import JOURNAL_NAME, Journal, content_sha256, params_key
 from dossr_cli.errors import DossrError
 from dossr_cli.pipeline import DoSSRPipeline
@@ -99,44 +99,67 @@ def journal_params(params: UpscaleParams, model: str) -> dict[str, Any]:
     return {**params.output_params(), "weights": model}
 
 
+def process_items(pipe: DoSSRPipeline, items: Sequence[BatchItem], params: UpscaleParams,
+                  may_replace: Sequence[bool], callback: StepCallback | None = None) -> list[Outcome]:
+    """Upscale items (same-size ones as one batch) and write each output atomically.
+
+    Failures become Outcomes, not exceptions: one bad image never stops the others.
+    """
+    started = time.perf_counter()
+    outcomes: dict[int, Outcome] = {}
+    runnable = []
+    for i, (item, replace) in enumerate(zip(items, may_replace)):
+        if item.output.exists() and not replace:
+            outcomes[i] = Outcome(item.rel, "failed", f"{item.output} already exists and was not written by this "
+                                                      "batch (pass --overwrite to replace it)")
+        else:
+            runnable.append(i)
+    formats = [params.format or imageio.format_from_name(items[i].output) for i in runnable]
+    results = run_jobs(pipe, [items[i].source for i in runnable], params, formats, callback)
+    for i, result in zip(runnable, results):
+        item = items[i]
+        try:
+            if isinstance(result, DossrError):
+                raise result
+            item.output.parent.mkdir(parents=True, exist_ok=True)
+            imageio.write_atomic(item.output, result.data, overwrite=may_replace[i])
+            if item.compare is not None:
+                item.compare.parent.mkdir(parents=True, exist_ok=True)
+                picture = compare_picture(result.lr_rgb, result.rgb)
+                imageio.write_atomic(item.compare, imageio.encode_image(picture, None, "png", metadata="none"),
+                                     overwrite=True)
+            outcomes[i] = Outcome(item.rel, "done", str(item.output), result.seconds, result.notes)
+        except DossrError as error:
+            outcomes[i] = Outcome(item.rel, "failed", str(error), time.perf_counter() - started)
+    return [outcomes[i] for i in range(len(items))]
+
+
 def process_item(pipe: DoSSRPipeline, item: BatchItem, params: UpscaleParams, may_replace: bool,
                  callback: StepCallback | None = None) -> Outcome:
-    """Upscale one item and write its output atomically; failures become an Outcome, not an exception."""
-    started = time.perf_counter()
-    try:
-        if item.output.exists() and not may_replace:
-            raise imageio.ImageWriteError(f"{item.output} already exists and was not written by this batch "
-                                          "(pass --overwrite to replace it)")
-        result = run_job(pipe, item.source, params, params.format or imageio.format_from_name(item.output),
-                         callback=callback)
-        item.output.parent.mkdir(parents=True, exist_ok=True)
-        imageio.write_atomic(item.output, result.data, overwrite=may_replace)
-        if item.compare is not None:
-            item.compare.parent.mkdir(parents=True, exist_ok=True)
-            picture = imageio.encode_image(compare_picture(result.lr_rgb, result.rgb), None, "png", metadata="none")
-            imageio.write_atomic(item.compare, picture, overwrite=True)
-    except DossrError as error:
-        return Outcome(item.rel, "failed", str(error), time.perf_counter() - started)
-    return Outcome(item.rel, "done", str(item.output), time.perf_counter() - started, result.notes)
+    """One item: the unit a remote worker runs."""
+    return process_items(pipe, [item], params, [may_replace], callback)[0]
 
 
 def run_local(pipe: DoSSRPipeline, items: list[BatchItem], params: UpscaleParams, model: str, journal: Journal,
-              overwrite: bool, on_start: Callable[[BatchItem], None] | None = None,
+              overwrite: bool, batch_size: int = 1, on_start: Callable[[BatchItem], None] | None = None,
               on_outcome: Callable[[Outcome], None] | None = None, callback: StepCallback | None = None
               ) -> list[Outcome]:
-    """One item after another in this process, the journal updated around each."""
+    """Items in this process, `batch_size` at a time (same sizes batched), the journal updated around each."""
     outcomes = []
     pixel = journal_params(params, model)
-    for item in items:
-        if on_start:
-            on_start(item)
-        may_replace = overwrite or journal.owns(item.output)
-        journal.running(item.rel, item.sha256, pixel, item.output)
-        outcome = process_item(pipe, item, params, may_replace, callback)
-        record(journal, item, pixel, outcome)
-        outcomes.append(outcome)
-        if on_outcome:
-            on_outcome(outcome)
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        replace = []
+        for item in chunk:
+            if on_start:
+                on_start(item)
+            replace.append(overwrite or journal.owns(item.output))
+            journal.running(item.rel, item.sha256, pixel, item.output)
+        for item, outcome in zip(chunk, process_items(pipe, chunk, params, replace, callback)):
+            record(journal, item, pixel, outcome)
+            outcomes.append(outcome)
+            if on_outcome:
+                on_outcome(outcome)
     return outcomes
 
 
@@ -147,5 +170,5 @@ def record(journal: Journal, item: BatchItem, pixel: dict, outcome: Outcome) -> 
         journal.failed(item.rel, item.sha256, pixel, item.output, outcome.detail)
 
 
-__all__ = ["JOURNAL_NAME", "BatchItem", "Outcome", "journal_params", "list_inputs", "plan", "process_item", "record",
+__all__ = ["JOURNAL_NAME", "BatchItem", "Outcome", "journal_params", "list_inputs", "plan", "process_item", "process_items", "record",
            "run_local"]

@@ -30,6 +30,8 @@ def batch(
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Skip paths matching this glob "
                                                       "(repeatable).")] = None,
     engine: Annotated[str, typer.Option("--engine", help="Where images run: local.")] = "local",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Run up to this many images of one size "
+                                            "through the model together (0: auto, 4 on CUDA, else 1).")] = 0,
     scale: common.Scale = 4.0,
     width: common.Width = None,
     height: common.Height = None,
@@ -53,10 +55,15 @@ def batch(
     quiet: common.Quiet = False,
     debug: common.Debug = False,
 ) -> None:
-    """Upscale every image in a folder; re-runs skip what is done and retry what failed."""
+    """Upscale every image in a folder; re-runs skip what is done and retry what failed.
+
+    Exit codes: 0 all done, 1 some images failed, 2 usage error, 130 interrupted.
+    """
     params = common.make_params(scale, width, height, steps, order, t1, seed, color_fix, format, quality,
                                 metadata, max_pixels)
     common.check_device_dtype(device, dtype)
+    if batch_size < 0:
+        raise UsageError(f"--batch-size must be 0 (auto) or a positive number; got {batch_size}")
     if engine not in ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     if not folder.is_dir():
@@ -100,7 +107,8 @@ def batch(
                     bars.done_image()
                     report(outcome)
 
-                outcomes += run_local(pipe, todo, params, model, journal, overwrite,
+                size = batch_size or (4 if pipe.device.type == "cuda" else 1)
+                outcomes += run_local(pipe, todo, params, model, journal, overwrite, size,
                                       on_start=lambda item: bars.start_image(item.rel),
                                       on_outcome=finished, callback=bars.step)
     finally:

@@ -62,7 +62,10 @@ def upscale(
     quiet: common.Quiet = False,
     debug: common.Debug = False,
 ) -> None:
-    """Upscale images with DoSSR (defaults: the paper's x4, 5 steps, order 3, wavelet colour fix)."""
+    """Upscale images with DoSSR (defaults: the paper's x4, 5 steps, order 3, wavelet colour fix).
+
+    Exit codes: 0 success, 1 some inputs failed, 2 usage error, 130 interrupted.
+    """
     params = common.make_params(scale, width, height, steps, order, t1, seed, color_fix, format, quality,
                                 metadata, max_pixels)
     common.check_device_dtype(device, dtype)

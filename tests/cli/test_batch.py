@@ -6,6 +6,7 @@ import contextlib
 import json
 import sqlite3
 
+import numpy as np
 import pytest
 
 from dossr_cli.batch.journal import JOURNAL_NAME
@@ -266,3 +267,31 @@ def test_a_compare_folder_inside_the_input_tree_is_not_read_back(dossr, tmp_path
         assert result.code == 0, result.stderr
     assert files_in(root) == {"a.png", "side/a_compare.png"}
     assert batch_summary(result.stderr) == {"done": 0, "skipped": 1, "failed": 0}
+
+
+def test_same_size_images_run_as_one_batch_with_the_same_results(dossr, tmp_path, monkeypatch):
+    """--batch-size groups images of one size; each keeps its own noise, so results match unbatched runs."""
+    from dossr_cli.pipeline import DoSSRPipeline
+
+    root = tmp_path / "in"
+    for key in ("a", "b", "c"):
+        save(smooth_image(16, 16, key), root / f"{key}.png")
+    save(smooth_image(16, 24, "d"), root / "d.png")
+    batches = []
+    original = DoSSRPipeline.upscale_tensor
+
+    def counting(self, lq, *args, **kwargs):
+        batches.append(lq.shape[0])
+        return original(self, lq, *args, **kwargs)
+
+    monkeypatch.setattr(DoSSRPipeline, "upscale_tensor", counting)
+    assert dossr("batch", root, "-o", tmp_path / "batched", "--batch-size", "4").code == 0
+    assert sorted(batches) == [1, 3]  # a, b, c together; d alone (another size)
+    batches.clear()
+    assert dossr("batch", root, "-o", tmp_path / "single", "--batch-size", "1").code == 0
+    assert batches == [1, 1, 1, 1]
+    for name in ("a_x4.png", "b_x4.png", "c_x4.png", "d_x4.png"):
+        batched = np.asarray(decode(tmp_path / "batched" / name), dtype=int)
+        single = np.asarray(decode(tmp_path / "single" / name), dtype=int)
+        assert np.abs(batched - single).max() <= 1  # float kernels differ by ~1e-6 with the batch size
+    assert dossr("batch", root, "-o", tmp_path / "x", "--batch-size", "-1").code == 2
