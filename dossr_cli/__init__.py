@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from dossr_cli.pipeline import DoSSRPipeline
 
 
-def __getattr__(name: str):  # noqa: ANN202 - lazy, so `dossr --help` does not import torch
+def __getattr__(name: str):
     if name == "DoSSRPipeline":
         from dossr_cli.pipeline import DoSSRPipeline
 

@@ -12,9 +12,14 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # the networks import diffusers: only the functions that build them import it
+    from dossr_cli.networks import DoSSRNetworks
+    from dossr_cli.networks.config import ModelConfig
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -70,7 +75,7 @@ def random_state_dict(
 
 # -- random models, for tests, benchmarks and trying the machinery; never a real model --
 
-def tiny_config():  # noqa: ANN201 - imported lazily to keep this module's imports light
+def tiny_config() -> ModelConfig:
     """The real layouts at small widths (the same as the authors'-layout test model "tiny")."""
     from dossr_cli.networks.config import ModelConfig, RRDBConfig, UNetConfig, VAEConfig
 
@@ -82,7 +87,7 @@ def tiny_config():  # noqa: ANN201 - imported lazily to keep this module's impor
     )
 
 
-def random_networks(config=None, seed: int = 0):  # noqa: ANN001, ANN201
+def random_networks(config: ModelConfig | None = None, seed: int = 0) -> DoSSRNetworks:
     """DoSSRNetworks with `random_tensor` weights everywhere (the tiny config by default)."""
     from dossr_cli.networks import DoSSRNetworks
 

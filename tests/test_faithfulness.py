@@ -7,8 +7,8 @@ float image before quantisation within 1e-4.
 
 import pytest
 import torch
-
 from authors_reference import authors_state_dict, reference_input, reference_outputs
+
 from dossr_cli.checkpoint.authors import networks_from_authors_state_dict
 from dossr_cli.pipeline import DoSSRPipeline
 from dossr_cli.schedule import coefficient_table
@@ -45,7 +45,7 @@ def test_every_reference_case_matches(case):
 @torch.no_grad()
 def test_intermediates_match(case):
     """Stage by stage, so a failure points at the stage that drifted."""
-    name, pipe, ref, lq = case
+    _, pipe, ref, lq = case
     nets = pipe.networks
     pre = nets.preprocessor(lq).clamp(0, 1)
     torch.testing.assert_close(pre[0], ref["inter.pre"], rtol=0, atol=1e-5)

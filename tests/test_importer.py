@@ -6,9 +6,9 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from authors_reference import authors_state_dict, layout, reference_input
 from PIL import Image
 
-from authors_reference import authors_state_dict, layout, reference_input
 from dossr_cli.checkpoint.authors import CheckpointLayoutError, infer_unet_config, networks_from_authors_state_dict
 from dossr_cli.checkpoint.bundle import BundleError, load_bundle, verify_bundle
 from dossr_cli.checkpoint.importer import UnsafeCheckpointError, import_checkpoint, load_checkpoint_file

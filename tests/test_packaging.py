@@ -1,7 +1,8 @@
 """What a non-editable install ships: every package, and the weights manifest."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import smooth_image, to_tensor
 from PIL import Image
 
-from conftest import smooth_image, to_tensor
 from dossr_cli.colorfix import wavelet_low_frequency
 from dossr_cli.pipeline import output_size, reflect_pad_to_multiple
 

@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from contextlib import redirect_stderr, redirect_stdout
-from pathlib import Path
 
 import pytest
 import torch
-
 from authors_reference import authors_state_dict
+from local_http import LocalServer, Reply, Request, bytes_reply
+from test_download import folder_view_html
+
 from dossr_cli.checkpoint import store
 from dossr_cli.checkpoint.bundle import CONFIG_NAME, load_bundle
 from dossr_cli.checkpoint.download import DRIVE_ENDPOINT_ENV
 from dossr_cli.cli.app import main
 from dossr_cli.errors import WeightsError
-from local_http import LocalServer, Reply, Request, bytes_reply
-from test_download import folder_view_html
 
 FOLDER_ID = store.manifest()["default"].source["folder_id"]
 FILE_ID = "1TinyDefaultCheckpointForTests0"

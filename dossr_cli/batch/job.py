@@ -6,90 +6,23 @@ image comes out byte-identical whichever of them ran it.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from dossr_cli import imageio
-from dossr_cli.colorfix import COLOR_FIXES
-from dossr_cli.errors import DossrError, UsageError
-from dossr_cli.pipeline import DoSSRPipeline, image_seed, output_size
-from dossr_cli.schedule import DEFAULT_T1, MAX_STEPS
-from dossr_cli.solver import ORDERS, StepCallback
+from dossr_cli.batch.params import DEFAULT_SEED, UpscaleParams
+from dossr_cli.errors import DossrError
+from dossr_cli.pipeline import DoSSRPipeline, image_seed
+from dossr_cli.solver import StepCallback
 
-DEFAULT_SEED = 42  # the authors' script seeds everything with 42
-METADATA_MODES = ("all", "icc", "none")
+__all__ = ["DEFAULT_SEED", "JobResult", "UpscaleParams", "compare_picture", "run_job", "run_jobs"]
 
-
-@dataclass(frozen=True)
-class UpscaleParams:
-    """What the user asked for; `pixel_params()` is the part that decides the pixels."""
-
-    scale: float = 4.0
-    width: int | None = None
-    height: int | None = None
-    steps: int = 5
-    order: int = 3
-    t1: int = DEFAULT_T1
-    seed: int = DEFAULT_SEED
-    color_fix: str = "wavelet"
-    format: str | None = None  # None: the input's format
-    quality: int | None = None
-    metadata: str = "all"
-    max_pixels: int | None = imageio.DEFAULT_MAX_PIXELS
-
-    def validate(self) -> UpscaleParams:
-        """Every option checked where it enters, the error naming the option and what is allowed."""
-        if not (math.isfinite(self.scale) and self.scale >= 1):
-            raise UsageError(f"--scale must be a number >= 1; got {self.scale}")
-        for option, value in (("--width", self.width), ("--height", self.height)):
-            if value is not None and value < 1:
-                raise UsageError(f"{option} must be a positive number of pixels; got {value}")
-        if not 1 <= self.steps <= MAX_STEPS:
-            raise UsageError(f"--steps must be in 1..{MAX_STEPS}; got {self.steps}")
-        if self.order not in ORDERS:
-            raise UsageError(f"--order must be one of {', '.join(map(str, ORDERS))}; got {self.order}")
-        if not self.steps < self.t1 <= 1000:
-            raise UsageError(f"--t1 must be in {self.steps + 1}..1000 for {self.steps} steps; got {self.t1}")
-        if self.color_fix not in COLOR_FIXES:
-            raise UsageError(f"--color-fix must be one of {', '.join(COLOR_FIXES)}; got {self.color_fix!r}")
-        if self.format is not None and self.format not in imageio.FORMATS:
-            raise UsageError(f"--format must be one of {', '.join(imageio.FORMATS)}; got {self.format!r}")
-        if self.quality is not None and not 1 <= self.quality <= 100:
-            raise UsageError(f"--quality must be in 1..100; got {self.quality}")
-        if self.metadata not in METADATA_MODES:
-            raise UsageError(f"--metadata must be one of {', '.join(METADATA_MODES)}; got {self.metadata!r}")
-        if self.max_pixels is not None and self.max_pixels < 1:
-            raise UsageError(f"--max-pixels must be a positive number of pixels; got {self.max_pixels}")
-        return self
-
-    def target_size(self, height: int, width: int) -> tuple[int, int]:
-        """(H, W) of the output: exact --width/--height (aspect kept if only one), else ceil(scale x size)."""
-        if self.width is not None and self.height is not None:
-            return self.height, self.width
-        if self.width is not None:
-            return max(1, round(height * self.width / width)), self.width
-        if self.height is not None:
-            return self.height, max(1, round(width * self.height / height))
-        return output_size(height, width, self.scale)
-
-    def pixel_params(self) -> dict[str, Any]:
-        keys = ("scale", "width", "height", "steps", "order", "t1", "seed", "color_fix")
-        return {k: getattr(self, k) for k in keys}
-
-    def output_params(self) -> dict[str, Any]:
-        return {**self.pixel_params(), "format": self.format, "quality": self.quality, "metadata": self.metadata}
-
-    def replace(self, **changes: Any) -> UpscaleParams:
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)

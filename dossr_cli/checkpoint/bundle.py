@@ -115,7 +115,7 @@ def verify_bundle(folder: Path, trust_stamp: bool = False) -> None:
                 return
         except (OSError, ValueError):
             pass
-    for name, entry in config["components"].items():
+    for entry in config["components"].values():
         path = Path(folder) / entry["file"]
         if not path.is_file():
             raise BundleError(f"{path} is missing")

@@ -23,8 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from dossr_cli.checkpoint.paths import cache_root
 from dossr_cli.checkpoint.bundle import CONFIG_NAME, BundleError, read_bundle_config, sha256_file
+from dossr_cli.checkpoint.paths import cache_root
 from dossr_cli.errors import WeightsError
 
 DEFAULT_NAME = "default"

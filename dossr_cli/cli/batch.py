@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from dossr_cli.batch.journal import JOURNAL_NAME, Journal
-from dossr_cli.batch.runner import Outcome, list_inputs, plan, run_local
 from dossr_cli.cli import common
 from dossr_cli.cli.console import error_line, say, stderr, stdout
 from dossr_cli.cli.progress import progress_bars
 from dossr_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from dossr_cli.batch.runner import Outcome
 
 ENGINES = ("local",)
 
@@ -59,6 +61,8 @@ def batch(
 
     Exit codes: 0 all done, 1 some images failed, 2 usage error, 130 interrupted.
     """
+    from dossr_cli.batch.runner import list_inputs, plan, run_local
+
     params = common.make_params(scale, width, height, steps, order, t1, seed, color_fix, format, quality,
                                 metadata, max_pixels)
     common.check_device_dtype(device, dtype)

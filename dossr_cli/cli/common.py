@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dossr_cli.batch.job import DEFAULT_SEED, UpscaleParams
+from dossr_cli.batch.params import DEFAULT_SEED, UpscaleParams
 from dossr_cli.cli.console import confirm, say
 from dossr_cli.errors import UsageError
 

@@ -6,16 +6,19 @@ import json
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from dossr_cli import imageio
-from dossr_cli.batch.job import JobResult, UpscaleParams, compare_picture, run_job
+from dossr_cli.batch.params import UpscaleParams
 from dossr_cli.cli import common
 from dossr_cli.cli.console import error_line, say, stderr, stdout
 from dossr_cli.cli.progress import progress_bars
 from dossr_cli.errors import DossrError, UsageError
+
+if TYPE_CHECKING:
+    from dossr_cli.batch.job import JobResult
 
 STDIO = "-"
 
@@ -66,6 +69,7 @@ def upscale(
 
     Exit codes: 0 success, 1 some inputs failed, 2 usage error, 130 interrupted.
     """
+    from dossr_cli.batch.job import run_job
     params = common.make_params(scale, width, height, steps, order, t1, seed, color_fix, format, quality,
                                 metadata, max_pixels)
     common.check_device_dtype(device, dtype)
@@ -173,6 +177,8 @@ def _compare_target(compare: Path | None, source: str, many: bool) -> Path | Non
 
 
 def _write_compare(target: Path, result: JobResult, overwrite: bool) -> None:
+    from dossr_cli.batch.job import compare_picture
+
     picture = compare_picture(result.lr_rgb, result.rgb)
     fmt = imageio.format_from_name(target) or "png"
     imageio.write_atomic(target, imageio.encode_image(picture, None, fmt, metadata="none"), overwrite=overwrite)

@@ -8,8 +8,6 @@ from typing import Annotated
 
 import typer
 
-from dossr_cli.checkpoint import store
-from dossr_cli.checkpoint.bundle import verify_bundle
 from dossr_cli.cli.console import say, stdout
 from dossr_cli.errors import UsageError
 
@@ -28,6 +26,7 @@ def import_(
     debug: Debug = False,
 ) -> None:
     """Convert the authors' checkpoint into a dossr bundle (safetensors), safely."""
+    from dossr_cli.checkpoint import store
     from dossr_cli.checkpoint.importer import BUNDLE_DTYPES, import_checkpoint
 
     if dtype is not None and dtype not in BUNDLE_DTYPES:
@@ -50,12 +49,14 @@ def download(
     debug: Debug = False,
 ) -> None:
     """Download named weights (the authors' Google Drive file, or DOSSR_HF_REPO) and import them."""
+    from dossr_cli.checkpoint import store
     stdout.print(str(store.download_named(name, progress=say, keep_checkpoint=keep_checkpoint)), markup=False)
 
 
 @app.command("list")
 def list_(json_output: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False) -> None:
     """Known and installed weights."""
+    from dossr_cli.checkpoint import store
     installed = store.installed_bundles()
     rows = []
     for name, bundle in store.manifest().items():
@@ -75,12 +76,14 @@ def list_(json_output: Annotated[bool, typer.Option("--json", help="One JSON obj
 @app.command()
 def info(name: Annotated[str, typer.Argument(help="Name or bundle folder.")] = "default", debug: Debug = False) -> None:
     """The bundle's config and source, as JSON."""
+    from dossr_cli.checkpoint import store
     stdout.print(json.dumps(store.bundle_info(_installed(name)), indent=2), markup=False)
 
 
 @app.command()
 def verify(name: Annotated[str, typer.Argument(help="Name or bundle folder.")] = "default", debug: Debug = False) -> None:
     """Check every file's size and sha256 against the bundle's record."""
+    from dossr_cli.checkpoint.bundle import verify_bundle
     path = _installed(name)
     verify_bundle(path)
     say(f"{path}: ok")
@@ -95,11 +98,13 @@ def path(name: Annotated[str, typer.Argument(help="Name or bundle folder.")] = "
 @app.command()
 def rm(name: Annotated[str, typer.Argument(help="Name in the cache.")], debug: Debug = False) -> None:
     """Delete named weights from the cache."""
+    from dossr_cli.checkpoint import store
     say(f"removed {store.remove_bundle(name)}")
 
 
 def _installed(name: str) -> Path:
     """Only what is already here: these commands never download."""
+    from dossr_cli.checkpoint import store
     candidate = Path(name).expanduser()
     if candidate.is_dir():
         return candidate

@@ -97,7 +97,7 @@ class ModelConfig:
 
 def _check_fields(cls: type, data: Any, where: str) -> None:
     if not isinstance(data, dict):
-        raise ValueError(f"model config: {where} must be an object")
+        raise ValueError(f"model config: {where} must be an object")  # noqa: TRY004 - bad file content, not a bug
     expected = {f.name for f in dataclasses.fields(cls)}
     if set(data) != expected:
         missing, unknown = expected - set(data), set(data) - expected

@@ -21,21 +21,21 @@ def _unet_kwargs(config: UNetConfig) -> dict:
     levels = range(len(config.channel_mult))
     attention = set(config.attention_levels)
     channels = config.block_channels
-    return dict(
-        in_channels=4,
-        down_block_types=tuple("CrossAttnDownBlock2D" if i in attention else "DownBlock2D" for i in levels),
-        block_out_channels=channels,
-        layers_per_block=config.num_res_blocks,
-        cross_attention_dim=config.context_dim,
+    return {
+        "in_channels": 4,
+        "down_block_types": tuple("CrossAttnDownBlock2D" if i in attention else "DownBlock2D" for i in levels),
+        "block_out_channels": channels,
+        "layers_per_block": config.num_res_blocks,
+        "cross_attention_dim": config.context_dim,
         # diffusers' SD configs name the number of heads "attention_head_dim"
-        attention_head_dim=tuple(max(c // config.head_dim, 1) for c in channels),
-        use_linear_projection=True,
-        transformer_layers_per_block=config.transformer_depth,
-        norm_num_groups=32,
-        norm_eps=1e-5,
-        flip_sin_to_cos=True,
-        freq_shift=0,
-    )
+        "attention_head_dim": tuple(max(c // config.head_dim, 1) for c in channels),
+        "use_linear_projection": True,
+        "transformer_layers_per_block": config.transformer_depth,
+        "norm_num_groups": 32,
+        "norm_eps": 1e-5,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+    }
 
 
 def build_unet(config: UNetConfig) -> UNet2DConditionModel:
@@ -56,12 +56,12 @@ def build_controlnet(config: UNetConfig, latent_channels: int = 4) -> ControlNet
 
 
 def _vae_kwargs(config: VAEConfig) -> dict:
-    return dict(
-        down_block_types=("DownEncoderBlock2D",) * len(config.ch_mult),
-        block_out_channels=config.block_channels,
-        layers_per_block=config.num_res_blocks,
-        norm_num_groups=32,
-    )
+    return {
+        "down_block_types": ("DownEncoderBlock2D",) * len(config.ch_mult),
+        "block_out_channels": config.block_channels,
+        "layers_per_block": config.num_res_blocks,
+        "norm_num_groups": 32,
+    }
 
 
 def build_vae(config: VAEConfig) -> AutoencoderKL:

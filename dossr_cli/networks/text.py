@@ -9,7 +9,6 @@ runtime a dependency on transformers or open_clip for one matrix.
 from __future__ import annotations
 
 import torch
-
 from torch import nn
 
 from dossr_cli.networks.config import TextConfig
