@@ -25,11 +25,14 @@ from dossr_cli.networks import DoSSRNetworks
 from dossr_cli.networks.config import ModelConfig
 from dossr_cli.schedule import DEFAULT_T1, coefficient_table
 from dossr_cli.solver import ORDERS, StepCallback, dos_sde_sample, eps_to_data_prediction
+from dossr_cli.tiling import TiledPlan, run_tiled
 
 DEFAULT_STEPS = 5
 DEFAULT_ORDER = 3
 DEFAULT_SCALE = 4.0
 DEFAULT_COLOR_FIX = "wavelet"
+DEFAULT_TILE_OVERLAP = 256  # pixels of the x4 image: 32 latent pixels, as tiled-diffusion users settle on
+LATENT_FACTOR = 8
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -101,6 +104,19 @@ def lanczos_resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out
 
 
+def latent_tile_plan(latent_height: int, latent_width: int, tile_size: int | None,
+                     tile_overlap: int = DEFAULT_TILE_OVERLAP) -> TiledPlan:
+    """The solver's tiling from sizes in pixels of the x4 image (tile: a multiple of 64, overlap of 8)."""
+    if tile_size is None:
+        return TiledPlan.make(latent_height, latent_width, max(latent_height, latent_width) + 1, 0)
+    if tile_size < 64 or tile_size % 64:
+        raise ValueError(f"tile_size must be a multiple of 64 pixels (the UNet halves a latent tile three times); "
+                         f"got {tile_size}")
+    if tile_overlap < 0 or tile_overlap % LATENT_FACTOR or tile_overlap >= tile_size:
+        raise ValueError(f"tile_overlap must be a multiple of 8 pixels below tile_size; got {tile_overlap}")
+    return TiledPlan.make(latent_height, latent_width, tile_size // LATENT_FACTOR, tile_overlap // LATENT_FACTOR)
+
+
 def validate_options(steps: int, order: int, t1: int, color_fix_method: str) -> None:
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(map(str, ORDERS))}; got {order}")
@@ -142,13 +158,15 @@ class DoSSRPipeline:
         color_fix: str = DEFAULT_COLOR_FIX,
         size: tuple[int, int] | None = None,
         callback: StepCallback | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
     ) -> Image.Image:
         """Upscale one PIL image by `scale` (or to `size` = (width, height)); returns RGB."""
         rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
         lq = torch.from_numpy(rgb).permute(2, 0, 1)[None]
         out_size = (size[1], size[0]) if size is not None else output_size(*lq.shape[-2:], scale)
         result = self.upscale_tensor(lq, steps=steps, order=order, t1=t1, seed=seed, color_fix=color_fix,
-                                     size=out_size, callback=callback)
+                                     size=out_size, callback=callback, tile_size=tile_size, tile_overlap=tile_overlap)
         array = (result[0].permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
         return Image.fromarray(array, "RGB")
 
@@ -165,11 +183,14 @@ class DoSSRPipeline:
         seeds: Sequence[int] | None = None,
         size: tuple[int, int] | None = None,
         callback: StepCallback | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
     ) -> torch.Tensor:
         """(B, 3, h, w) in [0, 1] -> (B, 3, H, W) float32 in [0, 1] on the CPU.
 
         `seeds` gives each image's own seed; otherwise each is derived from `seed` (random
-        when None) and the image. `size` = (H, W) overrides `scale`.
+        when None) and the image. `size` = (H, W) overrides `scale`. `tile_size` and
+        `tile_overlap` (pixels of the x4 image) run the solver's networks on blended tiles.
         """
         validate_options(steps, order, t1, color_fix)
         if lq.ndim != 4 or lq.shape[1] != 3:
@@ -180,11 +201,13 @@ class DoSSRPipeline:
         if len(seeds) != lq.shape[0]:
             raise ValueError(f"got {len(seeds)} seeds for {lq.shape[0]} images")
         out_size = size if size is not None else output_size(*lq.shape[-2:], scale)
-        x4 = self.upscale_x4(lq.to(self.device, self.dtype), list(seeds), steps, order, t1, color_fix, callback)
+        x4 = self.upscale_x4(lq.to(self.device, self.dtype), list(seeds), steps, order, t1, color_fix, callback,
+                             tile_size, tile_overlap)
         return lanczos_resize(x4, out_size)
 
     def upscale_x4(self, lq: torch.Tensor, seeds: list[int], steps: int, order: int, t1: int,
-                   color_fix_method: str, callback: StepCallback | None = None) -> torch.Tensor:
+                   color_fix_method: str, callback: StepCallback | None = None, tile_size: int | None = None,
+                   tile_overlap: int = DEFAULT_TILE_OVERLAP) -> torch.Tensor:
         """The model's own x4 result, clamped to [0, 1], float32 on the CPU."""
         nets = self.networks
         pre = nets.preprocessor(lq).clamp(0, 1)
@@ -196,28 +219,37 @@ class DoSSRPipeline:
         noise = self.draw_noise(seeds, tuple(posterior.mean.shape[1:]), steps + 2)
         scaling = self.config.vae.scaling_factor
         x0_hat = (posterior.mean.float() + posterior.std.float() * noise[0]) * scaling
-        z = dos_sde_sample(eps_to_data_prediction(self.eps_predictor(c_latent), table), x0_hat, table,
+        plan = latent_tile_plan(*c_latent.shape[-2:], tile_size, tile_overlap)
+        z = dos_sde_sample(eps_to_data_prediction(self.eps_predictor(c_latent, plan), table), x0_hat, table,
                            noise[1:], order, callback)
         decoded = (nets.vae.decode((z / scaling).to(self.dtype)).sample.float() + 1) / 2
         decoded = decoded[..., :height, :width]
         return color_fix(decoded, pre.float(), color_fix_method).clamp(0, 1).cpu()
 
-    def eps_predictor(self, c_latent: torch.Tensor) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    def eps_predictor(self, c_latent: torch.Tensor, plan: TiledPlan | None = None
+                      ) -> Callable[[torch.Tensor, int], torch.Tensor]:
         """eps = UNet(z, t, context, control = ControlNet(concat(z, c_latent), t, context)).
 
-        The solver's latent stays float32; the networks run in the pipeline's dtype.
+        With a plan of several tiles, the networks run tile by tile and the predictions are
+        blended into one full eps. The solver's latent stays float32; the networks run in
+        the pipeline's dtype.
         """
         nets = self.networks
-        context = nets.context.expand(c_latent.shape[0], -1, -1)
 
-        def predict_eps(z: torch.Tensor, timestep: int) -> torch.Tensor:
+        def networks(z: torch.Tensor, timestep: int, control: torch.Tensor) -> torch.Tensor:
             z = z.to(self.dtype)
             t = torch.tensor(timestep, device=self.device)
-            down, mid = nets.controlnet(z, t, encoder_hidden_states=context, controlnet_cond=c_latent,
+            context = nets.context.expand(z.shape[0], -1, -1)
+            down, mid = nets.controlnet(z, t, encoder_hidden_states=context, controlnet_cond=control,
                                         return_dict=False)
             eps = nets.unet(z, t, encoder_hidden_states=context, down_block_additional_residuals=down,
                             mid_block_additional_residual=mid, return_dict=False)[0]
             return eps.float()
+
+        def predict_eps(z: torch.Tensor, timestep: int) -> torch.Tensor:
+            if plan is None or plan.is_single:
+                return networks(z, timestep, c_latent)
+            return run_tiled(lambda zs, cs: networks(zs, timestep, cs), z, c_latent, plan)
 
         return predict_eps
 

@@ -1,0 +1,116 @@
+"""Tile plans, blend weights, and tiled network calls against the untiled ones."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import smooth_image, to_tensor
+from dossr_cli.pipeline import latent_tile_plan
+from dossr_cli.tiling import TiledPlan, axis_starts, blend_weights, plan_tiles, run_tiled
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.integers(1, 400), tile=st.integers(2, 128), overlap=st.integers(0, 120))
+def test_axis_starts_cover_the_axis_with_at_least_the_overlap(size, tile, overlap):
+    if overlap >= tile:
+        with pytest.raises(ValueError):
+            axis_starts(size, tile, overlap)
+        return
+    starts = axis_starts(size, tile, overlap)
+    length = min(tile, size)
+    assert starts[0] == 0 and starts[-1] + length == size
+    assert all(0 <= s <= size - length for s in starts)
+    for a, b in zip(starts, starts[1:]):
+        assert b > a and a + length - b >= overlap  # neighbours overlap by at least what was asked
+
+
+def test_a_tile_at_least_as_large_as_the_image_is_one_tile():
+    assert plan_tiles(30, 50, 64, 16) == plan_tiles(30, 50, 50, 16)[:1] == [plan_tiles(30, 50, 64, 16)[0]]
+    assert len(plan_tiles(30, 50, 64, 16)) == 1
+
+
+@settings(max_examples=50, deadline=None)
+@given(height=st.integers(8, 90), width=st.integers(8, 90), tile=st.integers(8, 40), overlap=st.integers(4, 7))
+def test_weights_cover_every_pixel_and_vanish_in_the_guard(height, width, tile, overlap):
+    plan = TiledPlan.make(height, width, tile, overlap, guard=1)
+    total = torch.zeros(height, width, dtype=torch.float64)
+    for t, w in zip(plan.tiles, plan.weights):
+        assert w.shape == (t.height, t.width)
+        total[t.slices] += w
+        if t.top > 0:
+            assert torch.all(w[0] == 0)  # the guard row at an interior edge is never used
+        if t.left + t.width < width:
+            assert torch.all(w[:, -1] == 0)
+    assert torch.all(total > 0)
+
+
+def test_weights_taper_smoothly_between_neighbours():
+    plan = TiledPlan.make(8, 32, 24, 16, guard=2)
+    assert len(plan.tiles) == 2
+    left, right = plan.weights[0][0], plan.weights[1][0]
+    assert torch.all(torch.diff(left[-16:]) <= 0) and torch.all(torch.diff(right[:16]) >= 0)
+    assert left[0] == 1 and right[-1] == 1  # image borders are not tapered
+
+
+def conv_stand_in(radius: int, seed: int = 0):
+    """`radius` 3x3 convs with zero padding: the receptive field reaches `radius` pixels."""
+    g = torch.Generator().manual_seed(seed)
+    kernels = [torch.randn(4, 8 if i == 0 else 4, 3, 3, generator=g) * 0.2 for i in range(radius)]
+
+    def fn(x, cond):
+        h = torch.cat([x, cond], 1)
+        for kernel in kernels:
+            h = torch.tanh(torch.nn.functional.conv2d(h, kernel, padding=1))
+        return h
+
+    return fn
+
+
+@pytest.mark.parametrize(("height", "width"), [(40, 56), (33, 71), (16, 64)])
+def test_tiles_give_the_untiled_result_when_the_guard_covers_the_receptive_field(height, width):
+    fn = conv_stand_in(radius=3)
+    g = torch.Generator().manual_seed(1)
+    x, cond = torch.randn(2, 4, height, width, generator=g), torch.randn(2, 4, height, width, generator=g)
+    whole = fn(x, cond)
+    plan = TiledPlan.make(height, width, tile=20, overlap=12, guard=3)
+    assert len(plan.tiles) > 2
+    torch.testing.assert_close(run_tiled(fn, x, cond, plan, tiles_per_call=3), whole, rtol=0, atol=1e-6)
+    too_small = TiledPlan.make(height, width, tile=20, overlap=12, guard=1)  # the stand-in sees past the guard
+    assert (run_tiled(fn, x, cond, too_small) - whole).abs().max() > 1e-3
+
+
+def test_one_tile_is_the_untiled_call_itself():
+    fn = conv_stand_in(radius=2)
+    x, cond = torch.randn(1, 4, 10, 12), torch.randn(1, 4, 10, 12)
+    plan = TiledPlan.make(10, 12, 16, 4)
+    assert plan.is_single and torch.equal(run_tiled(fn, x, cond, plan), fn(x, cond))
+
+
+def test_tile_at_least_the_image_is_bit_identical_to_no_tiling(tiny_pipeline):
+    lq = to_tensor(smooth_image(16, 32))
+    untiled = tiny_pipeline.upscale_tensor(lq, seed=4, steps=3)
+    assert torch.equal(tiny_pipeline.upscale_tensor(lq, seed=4, steps=3, tile_size=128, tile_overlap=32), untiled)
+    assert torch.equal(tiny_pipeline.upscale_tensor(lq, seed=4, steps=3, tile_size=1024), untiled)
+
+
+@pytest.mark.parametrize(("height", "width"), [(16, 48), (13, 37), (5, 9)])
+def test_small_tiles_run_on_odd_sizes_and_stay_close_to_untiled(tiny_pipeline, height, width):
+    lq = to_tensor(smooth_image(height, width))
+    untiled = tiny_pipeline.upscale_tensor(lq, seed=2, steps=2)
+    tiled = tiny_pipeline.upscale_tensor(lq, seed=2, steps=2, tile_size=64, tile_overlap=32)
+    assert tiled.shape == untiled.shape and torch.isfinite(tiled).all()
+    assert (tiled - untiled).abs().mean() < 0.1  # random weights: tiles see less context, not another image
+
+
+@pytest.mark.parametrize(("tile_size", "tile_overlap", "message"),
+                         [(96, 32, "multiple of 64"), (0, 0, "multiple of 64"), (128, 12, "multiple of 8"),
+                          (128, 128, "below tile_size")])
+def test_bad_tile_options_are_refused(tile_size, tile_overlap, message):
+    with pytest.raises(ValueError, match=message):
+        latent_tile_plan(40, 40, tile_size, tile_overlap)
+
+
+def test_blend_weights_of_a_lone_tile_are_all_ones():
+    tile = plan_tiles(10, 10, 16, 4)[0]
+    assert torch.all(blend_weights(tile, 10, 10, 4, 1) == 1)
