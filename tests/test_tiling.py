@@ -1,11 +1,13 @@
 """Tile plans, blend weights, and tiled network calls against the untiled ones."""
 
+import itertools
+
 import pytest
 import torch
+from conftest import smooth_image, to_tensor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import smooth_image, to_tensor
 from dossr_cli.pipeline import latent_tile_plan
 from dossr_cli.tiling import TiledPlan, axis_starts, blend_weights, plan_tiles, run_tiled
 
@@ -21,7 +23,7 @@ def test_axis_starts_cover_the_axis_with_at_least_the_overlap(size, tile, overla
     length = min(tile, size)
     assert starts[0] == 0 and starts[-1] + length == size
     assert all(0 <= s <= size - length for s in starts)
-    for a, b in zip(starts, starts[1:]):
+    for a, b in itertools.pairwise(starts):
         assert b > a and a + length - b >= overlap  # neighbours overlap by at least what was asked
 
 
