@@ -25,7 +25,7 @@ from dossr_cli.networks import DoSSRNetworks
 from dossr_cli.networks.config import ModelConfig
 from dossr_cli.schedule import DEFAULT_T1, coefficient_table
 from dossr_cli.solver import ORDERS, StepCallback, dos_sde_sample, eps_to_data_prediction
-from dossr_cli.tiling import TiledPlan, run_tiled
+from dossr_cli.tiling import TiledPlan, run_tiled, run_tiled_scaled
 
 DEFAULT_STEPS = 5
 DEFAULT_ORDER = 3
@@ -210,7 +210,7 @@ class DoSSRPipeline:
                    tile_overlap: int = DEFAULT_TILE_OVERLAP) -> torch.Tensor:
         """The model's own x4 result, clamped to [0, 1], float32 on the CPU."""
         nets = self.networks
-        pre = nets.preprocessor(lq).clamp(0, 1)
+        pre = self.preprocess(lq, tile_size, tile_overlap).clamp(0, 1)
         height, width = pre.shape[-2:]
         padded = reflect_pad_to_multiple(pre, self.config.pixel_multiple) * 2 - 1
         c_latent = nets.control_encoder(padded)
@@ -225,6 +225,16 @@ class DoSSRPipeline:
         decoded = (nets.vae.decode((z / scaling).to(self.dtype)).sample.float() + 1) / 2
         decoded = decoded[..., :height, :width]
         return color_fix(decoded, pre.float(), color_fix_method).clamp(0, 1).cpu()
+
+    def preprocess(self, lq: torch.Tensor, tile_size: int | None = None,
+                   tile_overlap: int = DEFAULT_TILE_OVERLAP) -> torch.Tensor:
+        """The x4 RRDBNet, on blended LR tiles of a quarter of the output tile when tiling."""
+        if tile_size is None:
+            return self.networks.preprocessor(lq)
+        latent_tile_plan(8, 8, tile_size, tile_overlap)  # the same checks on the options
+        upscale = self.config.upscale
+        plan = TiledPlan.make(*lq.shape[-2:], tile_size // upscale, tile_overlap // upscale)
+        return run_tiled_scaled(self.networks.preprocessor, lq, plan, 1, upscale)
 
     def eps_predictor(self, c_latent: torch.Tensor, plan: TiledPlan | None = None
                       ) -> Callable[[torch.Tensor, int], torch.Tensor]:

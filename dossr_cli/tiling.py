@@ -85,6 +85,8 @@ class TiledPlan:
     width: int
     tiles: tuple[Tile, ...]
     weights: tuple[torch.Tensor, ...]  # per tile, float64
+    overlap: int = 0
+    guard: int = 0
 
     @classmethod
     def make(cls, height: int, width: int, tile: int, overlap: int, guard: int | None = None) -> TiledPlan:
@@ -93,11 +95,20 @@ class TiledPlan:
             raise ValueError(f"guard {guard} must leave room to blend inside the overlap {overlap}")
         tiles = tuple(plan_tiles(height, width, tile, overlap))
         weights = tuple(blend_weights(t, height, width, overlap, guard) for t in tiles)
-        return cls(height, width, tiles, weights)
+        return cls(height, width, tiles, weights, overlap, guard)
 
     @property
     def is_single(self) -> bool:
         return len(self.tiles) == 1
+
+    def scaled(self, factor: int) -> TiledPlan:
+        """The same tiling at `factor` times the resolution (a network's output of a tile)."""
+        tiles = tuple(Tile(t.top * factor, t.left * factor, t.height * factor, t.width * factor) for t in self.tiles)
+        height, width = self.height * factor, self.width * factor
+        overlap, guard = self.overlap * factor, self.guard * factor
+        weights = tuple(blend_weights(t, height, width, overlap, guard) for t in tiles)
+        return TiledPlan(height, width, tiles, weights, overlap, guard)
+
 
 
 def run_tiled(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, cond: torch.Tensor,
@@ -120,4 +131,35 @@ def run_tiled(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch
             weight = plan.weights[start + i].to(device=x.device, dtype=torch.float32)
             out[(..., *tile.slices)] += ys[i * batch:(i + 1) * batch] * weight
             total[tile.slices] += weight
+    return out / total
+
+
+def run_tiled_scaled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, plan: TiledPlan,
+                     scale_in: int, scale_out: int, tiles_per_call: int = 4) -> torch.Tensor:
+    """fn over tiles of x where fn changes the resolution (the x4 preprocessor; later the VAE).
+
+    `plan` is in grid units; a tile spans `scale_in` input and `scale_out` output pixels
+    per unit. For convolutional networks without image-wide statistics only: a VAE's
+    GroupNorm would give each tile its own tone (see the note in the pipeline). One tile
+    covering everything is just fn(x).
+    """
+    if plan.is_single:
+        return fn(x)
+    batch = x.shape[0]
+    out_plan = plan.scaled(scale_out)
+    out: torch.Tensor | None = None
+    total = torch.zeros(out_plan.height, out_plan.width, dtype=torch.float32, device=x.device)
+    for start in range(0, len(plan.tiles), tiles_per_call):
+        group = plan.tiles[start:start + tiles_per_call]
+        xs = torch.cat([x[..., t.top * scale_in:(t.top + t.height) * scale_in,
+                          t.left * scale_in:(t.left + t.width) * scale_in] for t in group])
+        ys = fn(xs).float()
+        if out is None:
+            out = torch.zeros(batch, ys.shape[1], out_plan.height, out_plan.width, dtype=torch.float32,
+                              device=x.device)
+        for k, tile in enumerate(out_plan.tiles[start:start + tiles_per_call]):
+            weight = out_plan.weights[start + k].to(device=x.device, dtype=torch.float32)
+            out[(..., *tile.slices)] += ys[k * batch:(k + 1) * batch] * weight
+            total[tile.slices] += weight
+    assert out is not None
     return out / total
