@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from PIL import Image
 
 from dossr_cli.colorfix import COLOR_FIXES, color_fix
@@ -25,6 +26,7 @@ from dossr_cli.networks import DoSSRNetworks
 from dossr_cli.networks.config import ModelConfig
 from dossr_cli.schedule import DEFAULT_T1, coefficient_table
 from dossr_cli.solver import ORDERS, StepCallback, dos_sde_sample, eps_to_data_prediction
+from dossr_cli.tiled_vae import run_synchronized
 from dossr_cli.tiling import TiledPlan, run_tiled, run_tiled_scaled
 
 DEFAULT_STEPS = 5
@@ -213,18 +215,42 @@ class DoSSRPipeline:
         pre = self.preprocess(lq, tile_size, tile_overlap).clamp(0, 1)
         height, width = pre.shape[-2:]
         padded = reflect_pad_to_multiple(pre, self.config.pixel_multiple) * 2 - 1
-        c_latent = nets.control_encoder(padded)
-        posterior = nets.vae.encode(padded).latent_dist
+        factor = self.config.vae.downscale
+        plan = latent_tile_plan(padded.shape[-2] // factor, padded.shape[-1] // factor, tile_size, tile_overlap)
+        c_latent = self.encode_control(padded, plan)
+        posterior = self.encode_posterior(padded, plan)
         table = coefficient_table(steps, t1)
         noise = self.draw_noise(seeds, tuple(posterior.mean.shape[1:]), steps + 2)
         scaling = self.config.vae.scaling_factor
         x0_hat = (posterior.mean.float() + posterior.std.float() * noise[0]) * scaling
-        plan = latent_tile_plan(*c_latent.shape[-2:], tile_size, tile_overlap)
         z = dos_sde_sample(eps_to_data_prediction(self.eps_predictor(c_latent, plan), table), x0_hat, table,
                            noise[1:], order, callback)
-        decoded = (nets.vae.decode((z / scaling).to(self.dtype)).sample.float() + 1) / 2
+        decoded = (self.decode((z / scaling).to(self.dtype), plan).float() + 1) / 2
         decoded = decoded[..., :height, :width]
         return color_fix(decoded, pre.float(), color_fix_method).clamp(0, 1).cpu()
+
+    def encode_control(self, image: torch.Tensor, plan: TiledPlan) -> torch.Tensor:
+        """The control latent (the second encoder's mode), on synchronised tiles when the plan has several."""
+        encoder = self.networks.control_encoder
+        if plan.is_single:
+            return encoder(image)
+        moments = encoder.quant_conv(run_synchronized(encoder.encoder, "encoder", image, plan,
+                                                      self.config.vae.downscale, 1).to(self.dtype))
+        return moments.chunk(2, dim=1)[0] * encoder.scaling_factor
+
+    def encode_posterior(self, image: torch.Tensor, plan: TiledPlan) -> DiagonalGaussianDistribution:
+        vae = self.networks.vae
+        if plan.is_single:
+            return vae.encode(image).latent_dist
+        moments = run_synchronized(vae.encoder, "encoder", image, plan, self.config.vae.downscale, 1)
+        return DiagonalGaussianDistribution(vae.quant_conv(moments.to(self.dtype)))
+
+    def decode(self, latent: torch.Tensor, plan: TiledPlan) -> torch.Tensor:
+        vae = self.networks.vae
+        if plan.is_single:
+            return vae.decode(latent).sample
+        return run_synchronized(vae.decoder, "decoder", vae.post_quant_conv(latent), plan, 1,
+                                self.config.vae.downscale)
 
     def preprocess(self, lq: torch.Tensor, tile_size: int | None = None,
                    tile_overlap: int = DEFAULT_TILE_OVERLAP) -> torch.Tensor:
