@@ -211,7 +211,6 @@ class DoSSRPipeline:
                    color_fix_method: str, callback: StepCallback | None = None, tile_size: int | None = None,
                    tile_overlap: int = DEFAULT_TILE_OVERLAP) -> torch.Tensor:
         """The model's own x4 result, clamped to [0, 1], float32 on the CPU."""
-        nets = self.networks
         pre = self.preprocess(lq, tile_size, tile_overlap).clamp(0, 1)
         height, width = pre.shape[-2:]
         padded = reflect_pad_to_multiple(pre, self.config.pixel_multiple) * 2 - 1
