@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from PIL import Image
 
 from dossr_cli.colorfix import COLOR_FIXES, color_fix
+from dossr_cli.errors import DossrError
 from dossr_cli.networks import DoSSRNetworks
 from dossr_cli.networks.config import ModelConfig
 from dossr_cli.schedule import DEFAULT_T1, coefficient_table
@@ -35,6 +37,41 @@ DEFAULT_SCALE = 4.0
 DEFAULT_COLOR_FIX = "wavelet"
 DEFAULT_TILE_OVERLAP = 256  # pixels of the x4 image: 32 latent pixels, as tiled-diffusion users settle on
 LATENT_FACTOR = 8
+MIN_TILE = 64
+# Device bytes per pixel of the x4 image that the largest stage (the VAE decoder at full
+# resolution: 128-256 channels, a few live tensors) needs, by bytes per value. An estimate
+# that errs large; the out-of-memory fallback below covers what it gets wrong.
+BYTES_PER_PIXEL = {2: 1536, 4: 3072}
+
+
+def available_memory(device: torch.device) -> int:
+    """Free device memory (CUDA), else free RAM: what a tile may use."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def auto_tile_size(height: int, width: int, dtype: torch.dtype, budget: int) -> int | None:
+    """The largest tile (multiple of 64, pixels of the x4 image) whose work fits `budget` bytes; None: no tiling."""
+    per_pixel = BYTES_PER_PIXEL[torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4]
+    if height * width * per_pixel <= budget:
+        return None
+    side = int(math.sqrt(max(budget, 0) / per_pixel)) // MIN_TILE * MIN_TILE
+    return max(side, MIN_TILE)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def smaller_tile(tile_size: int | None, height: int, width: int) -> int | None:
+    """Half the tile (or of the image when untiled), a multiple of 64; None below the smallest."""
+    current = tile_size if tile_size is not None else max(height, width)
+    half = current // 2 // MIN_TILE * MIN_TILE
+    return half if half >= MIN_TILE else None
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -185,14 +222,18 @@ class DoSSRPipeline:
         seeds: Sequence[int] | None = None,
         size: tuple[int, int] | None = None,
         callback: StepCallback | None = None,
-        tile_size: int | None = None,
+        tile_size: int | str | None = None,
         tile_overlap: int = DEFAULT_TILE_OVERLAP,
+        max_memory: int | None = None,
+        on_retry: Callable[[str], None] | None = None,
     ) -> torch.Tensor:
         """(B, 3, h, w) in [0, 1] -> (B, 3, H, W) float32 in [0, 1] on the CPU.
 
         `seeds` gives each image's own seed; otherwise each is derived from `seed` (random
         when None) and the image. `size` = (H, W) overrides `scale`. `tile_size` and
-        `tile_overlap` (pixels of the x4 image) run the solver's networks on blended tiles.
+        `tile_overlap` (pixels of the x4 image) run every stage on blended tiles; "auto"
+        picks the tile from free memory (or `max_memory` bytes), one tile when it fits.
+        Out of memory, the images are run again with half the tile, and `on_retry` hears why.
         """
         validate_options(steps, order, t1, color_fix)
         if lq.ndim != 4 or lq.shape[1] != 3:
@@ -203,9 +244,32 @@ class DoSSRPipeline:
         if len(seeds) != lq.shape[0]:
             raise ValueError(f"got {len(seeds)} seeds for {lq.shape[0]} images")
         out_size = size if size is not None else output_size(*lq.shape[-2:], scale)
-        x4 = self.upscale_x4(lq.to(self.device, self.dtype), list(seeds), steps, order, t1, color_fix, callback,
-                             tile_size, tile_overlap)
-        return lanczos_resize(x4, out_size)
+        height, width = lq.shape[-2] * self.config.upscale, lq.shape[-1] * self.config.upscale
+        if tile_size == "auto":
+            budget = max_memory if max_memory is not None else available_memory(self.device) // 2
+            tile_size = auto_tile_size(height * lq.shape[0], width, self.dtype, budget)
+        elif isinstance(tile_size, str):
+            raise ValueError(f"tile_size must be a number of pixels, 'auto' or None; got {tile_size!r}")
+        lq = lq.to(self.device, self.dtype)
+        while True:
+            # the user's overlap, unless a tile shrunk by the fallback below can no longer hold it
+            overlap = tile_overlap if tile_size is None or tile_overlap < tile_size else tile_size // 2
+            try:
+                x4 = self.upscale_x4(lq, list(seeds), steps, order, t1, color_fix, callback, tile_size, overlap)
+                return lanczos_resize(x4, out_size)
+            except (torch.OutOfMemoryError, RuntimeError) as error:
+                if not is_out_of_memory(error):
+                    raise
+                smaller = smaller_tile(tile_size, height, width)
+                if smaller is None:
+                    raise DossrError(f"out of memory even with {MIN_TILE}-pixel tiles on {self.device}: use a "
+                                     "smaller image or --device cpu") from error
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if on_retry is not None:
+                    on_retry(f"out of memory with {'no tiling' if tile_size is None else f'{tile_size}-pixel tiles'}"
+                             f"; retrying with {smaller}-pixel tiles")
+                tile_size = smaller
 
     def upscale_x4(self, lq: torch.Tensor, seeds: list[int], steps: int, order: int, t1: int,
                    color_fix_method: str, callback: StepCallback | None = None, tile_size: int | None = None,

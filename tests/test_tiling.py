@@ -222,3 +222,64 @@ def test_no_seam_across_tile_borders_of_the_whole_pipeline(plain_vae_networks):
                 assert abs(across - beside) <= 0.1 * beside, (edge, float(across), float(beside))
                 checked += 1
     assert checked > 0
+
+
+def test_out_of_memory_retries_the_image_with_smaller_tiles(tiny_pipeline, monkeypatch):
+    """A simulated out-of-memory on the first attempt ends in the output of the smaller tiles, said once."""
+    lq = to_tensor(smooth_image(40, 40))  # 160 x 160 at x4: untiled, then 64-pixel tiles
+    expected = tiny_pipeline.upscale_tensor(lq, seed=3, steps=2, tile_size=64, tile_overlap=32)
+    original = type(tiny_pipeline).upscale_x4
+    attempts = []
+
+    def first_attempt_fails(self, lq, seeds, steps, order, t1, color_fix, callback=None, tile_size=None,
+                            tile_overlap=256):
+        attempts.append(tile_size)
+        if len(attempts) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, lq, seeds, steps, order, t1, color_fix, callback, tile_size, tile_overlap)
+
+    monkeypatch.setattr(type(tiny_pipeline), "upscale_x4", first_attempt_fails)
+    said = []
+    out = tiny_pipeline.upscale_tensor(lq, seed=3, steps=2, tile_overlap=32, on_retry=said.append)
+    assert attempts == [None, 64]
+    assert said == ["out of memory with no tiling; retrying with 64-pixel tiles"]
+    assert torch.equal(out, expected)
+
+
+def test_out_of_memory_at_the_smallest_tile_is_a_clear_error(tiny_pipeline, monkeypatch):
+    from dossr_cli.errors import DossrError
+
+    def always_fails(self, *args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(type(tiny_pipeline), "upscale_x4", always_fails)
+    with pytest.raises(DossrError, match="even with 64-pixel tiles"):
+        tiny_pipeline.upscale_tensor(to_tensor(smooth_image(16, 16)), seed=1, tile_size=64, tile_overlap=32)
+
+
+def test_other_runtime_errors_are_not_mistaken_for_out_of_memory(tiny_pipeline, monkeypatch):
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(type(tiny_pipeline), "upscale_x4", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        tiny_pipeline.upscale_tensor(to_tensor(smooth_image(16, 16)), seed=1)
+
+
+def test_auto_tile_size_fits_the_budget():
+    from dossr_cli.pipeline import auto_tile_size
+
+    assert auto_tile_size(512, 512, torch.float16, 1 << 30) is None  # 0.4 GB of work: no tiling
+    tile = auto_tile_size(4096, 4096, torch.float16, 8 << 30)
+    assert tile % 64 == 0 and 64 <= tile < 4096 and tile * tile * 1536 <= 8 << 30
+    assert auto_tile_size(4096, 4096, torch.float32, 1) == 64  # never below the smallest tile
+
+
+def test_auto_tiling_under_a_small_budget_still_makes_the_image(tiny_pipeline):
+    lq = to_tensor(smooth_image(24, 40))
+    roomy = tiny_pipeline.upscale_tensor(lq, seed=5, steps=2, tile_size="auto", max_memory=1 << 40)
+    assert torch.equal(roomy, tiny_pipeline.upscale_tensor(lq, seed=5, steps=2))  # it fits: one tile, untiled
+    tight = tiny_pipeline.upscale_tensor(lq, seed=5, steps=2, tile_size="auto", tile_overlap=32,
+                                         max_memory=64 * 64 * 3072)
+    assert tight.shape == roomy.shape and torch.isfinite(tight).all()
+    assert (tight - roomy).abs().mean() < 0.1
