@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +41,8 @@ class JobResult:
 
 
 def upscale_decoded_batch(pipe: DoSSRPipeline, images: Sequence[imageio.DecodedImage], params: UpscaleParams,
-                          callback: StepCallback | None = None) -> list[tuple[np.ndarray, np.ndarray | None, int]]:
+                          callback: StepCallback | None = None, notify: Callable[[str], None] | None = None
+                          ) -> list[tuple[np.ndarray, np.ndarray | None, int]]:
     """Images of one size through the model together, each with its own seed (run seed + its pixels).
 
     Colour goes in premultiplied where there is alpha; alpha takes its own Lanczos path.
@@ -56,7 +57,9 @@ def upscale_decoded_batch(pipe: DoSSRPipeline, images: Sequence[imageio.DecodedI
     lq = torch.stack([torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32)).permute(2, 0, 1) for c in colours])
     seeds = [image_seed(params.seed, image) for image in lq]
     out = pipe.upscale_tensor(lq, steps=params.steps, order=params.order, t1=params.t1,
-                              color_fix=params.color_fix, seeds=seeds, size=size, callback=callback)
+                              color_fix=params.color_fix, seeds=seeds, size=size, callback=callback,
+                              tile_size=params.pipeline_tile_size, tile_overlap=params.pipeline_tile_overlap,
+                              max_memory=params.max_memory, on_retry=notify)
     results = []
     for image, rgb_chw, seed in zip(images, out, seeds):
         rgb, alpha = rgb_chw.permute(1, 2, 0).numpy(), None
@@ -87,16 +90,17 @@ def encode_result(image: imageio.DecodedImage, rgb: np.ndarray, alpha: np.ndarra
 
 
 def run_job(pipe: DoSSRPipeline, source: Path | bytes, params: UpscaleParams, out_format: str | None = None,
-            callback: StepCallback | None = None) -> JobResult:
+            callback: StepCallback | None = None, notify: Callable[[str], None] | None = None) -> JobResult:
     """Decode `source`, upscale it and encode the result in `out_format` (default: the input's)."""
-    result = run_jobs(pipe, [source], params, [out_format], callback)[0]
+    result = run_jobs(pipe, [source], params, [out_format], callback, notify)[0]
     if isinstance(result, DossrError):
         raise result
     return result
 
 
 def run_jobs(pipe: DoSSRPipeline, sources: Sequence[Path | bytes], params: UpscaleParams,
-             out_formats: Sequence[str | None], callback: StepCallback | None = None) -> list[JobResult | DossrError]:
+             out_formats: Sequence[str | None], callback: StepCallback | None = None,
+             notify: Callable[[str], None] | None = None) -> list[JobResult | DossrError]:
     """Several images; those of one size go through the model as one batch.
 
     A failure stays with its image: the list holds each image's result or its error.
@@ -116,7 +120,7 @@ def run_jobs(pipe: DoSSRPipeline, sources: Sequence[Path | bytes], params: Upsca
     for members in groups.values():
         started = time.perf_counter()
         try:
-            upscaled = upscale_decoded_batch(pipe, [decoded[i] for i in members], params, callback)
+            upscaled = upscale_decoded_batch(pipe, [decoded[i] for i in members], params, callback, notify)
         except DossrError as error:
             for i in members:
                 results[i] = error

@@ -35,6 +35,9 @@ class UpscaleParams:
     quality: int | None = None
     metadata: str = "all"
     max_pixels: int | None = imageio.DEFAULT_MAX_PIXELS
+    tile_size: int | str = "auto"  # pixels of the x4 image; "auto" from free memory; 0 never tiles
+    tile_overlap: int | None = None  # pixels; None: 256, or half a smaller tile
+    max_memory: int | None = None  # bytes a tile may use, for "auto" (default: half the free memory)
 
     def validate(self) -> UpscaleParams:
         """Every option checked where it enters, the error naming the option and what is allowed."""
@@ -62,7 +65,27 @@ class UpscaleParams:
             raise UsageError(f"--metadata must be one of {', '.join(METADATA_MODES)}; got {self.metadata!r}")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise UsageError(f"--max-pixels must be a positive number of pixels; got {self.max_pixels}")
+        if self.tile_size != "auto" and (not isinstance(self.tile_size, int) or self.tile_size < 0
+                                         or self.tile_size % 64):
+            raise UsageError(f"--tile-size must be auto, 0 (no tiling) or a multiple of 64 pixels (the UNet halves "
+                             f"a latent tile three times); got {self.tile_size!r}")
+        if self.tile_overlap is not None and (self.tile_overlap < 0 or self.tile_overlap % 8 or (
+                isinstance(self.tile_size, int) and self.tile_size and self.tile_overlap >= self.tile_size)):
+            raise UsageError(f"--tile-overlap must be a multiple of 8 pixels below --tile-size; got {self.tile_overlap}")
+        if self.max_memory is not None and self.max_memory < 1:
+            raise UsageError(f"--max-memory must be positive; got {self.max_memory}")
         return self
+
+    @property
+    def pipeline_tile_overlap(self) -> int:
+        from dossr_cli.pipeline import DEFAULT_TILE_OVERLAP  # the pipeline halves it for tiles that cannot hold it
+
+        return DEFAULT_TILE_OVERLAP if self.tile_overlap is None else self.tile_overlap
+
+    @property
+    def pipeline_tile_size(self) -> int | str | None:
+        """What the pipeline takes: a size, "auto", or None for no tiling."""
+        return None if self.tile_size == 0 else self.tile_size
 
     def target_size(self, height: int, width: int) -> tuple[int, int]:
         """(H, W) of the output: exact --width/--height (aspect kept if only one), else ceil(scale x size)."""
@@ -77,7 +100,7 @@ class UpscaleParams:
         return output_size(height, width, self.scale)
 
     def pixel_params(self) -> dict[str, Any]:
-        keys = ("scale", "width", "height", "steps", "order", "t1", "seed", "color_fix")
+        keys = ("scale", "width", "height", "steps", "order", "t1", "seed", "color_fix", "tile_size", "tile_overlap")
         return {k: getattr(self, k) for k in keys}
 
     def output_params(self) -> dict[str, Any]:

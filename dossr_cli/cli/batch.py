@@ -52,6 +52,9 @@ def batch(
     overwrite: common.Overwrite = False,
     metadata: common.Metadata = "all",
     max_pixels: common.MaxPixels = None,
+    tile_size: common.TileSize = "auto",
+    tile_overlap: common.TileOverlap = None,
+    max_memory: common.MaxMemory = None,
     compare: common.Compare = None,
     json_output: common.Json = False,
     quiet: common.Quiet = False,
@@ -64,7 +67,7 @@ def batch(
     from dossr_cli.batch.runner import list_inputs, plan, run_local
 
     params = common.make_params(scale, width, height, steps, order, t1, seed, color_fix, format, quality,
-                                metadata, max_pixels)
+                                metadata, max_pixels, tile_size, tile_overlap, max_memory)
     common.check_device_dtype(device, dtype)
     if batch_size < 0:
         raise UsageError(f"--batch-size must be 0 (auto) or a positive number; got {batch_size}")
@@ -114,7 +117,8 @@ def batch(
                 size = batch_size or (4 if pipe.device.type == "cuda" else 1)
                 outcomes += run_local(pipe, todo, params, model, journal, overwrite, size,
                                       on_start=lambda item: bars.start_image(item.rel),
-                                      on_outcome=finished, callback=bars.step)
+                                      on_outcome=finished, callback=bars.step,
+                                      notify=lambda message: say(f"dossr: note: {message}", quiet))
     finally:
         journal.close()
     _summary(outcomes, quiet)

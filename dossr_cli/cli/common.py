@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -39,6 +40,12 @@ MaxPixels = Annotated[int | None, typer.Option("--max-pixels", help="Refuse inpu
 Json = Annotated[bool, typer.Option("--json", help="One JSON result per image on stdout.")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or messages on stderr.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+TileSize = Annotated[str, typer.Option("--tile-size", help="Tile side in output pixels of the x4 image (a multiple "
+                                       "of 64), auto (from free memory) or 0 (never tile).")]
+TileOverlap = Annotated[int | None, typer.Option("--tile-overlap", help="Overlap of neighbouring tiles, in pixels "
+                                                 "(a multiple of 8; default 256, or half a smaller tile).")]
+MaxMemory = Annotated[str | None, typer.Option("--max-memory", help="Memory a tile may use with --tile-size auto, "
+                                               "e.g. 8GB (default: half the free memory).")]
 Compare = Annotated[Path | None, typer.Option("--compare", help="Also write a side-by-side picture (input "
                                               "enlarged with nearest neighbour | result) to this file or folder.")]
 
@@ -47,10 +54,32 @@ DEFAULTS = UpscaleParams()
 
 def make_params(scale: float, width: int | None, height: int | None, steps: int, order: int, t1: int, seed: int,
                 color_fix: str, format: str | None, quality: int | None, metadata: str,
-                max_pixels: int | None) -> UpscaleParams:
+                max_pixels: int | None, tile_size: str = "auto", tile_overlap: int | None = None,
+                max_memory: str | None = None) -> UpscaleParams:
     fmt = format.lower().replace("jpeg", "jpg").replace("tif", "tiff").replace("tifff", "tiff") if format else None
     return UpscaleParams(scale, width, height, steps, order, t1, seed, color_fix, fmt, quality, metadata,
-                         max_pixels if max_pixels is not None else DEFAULTS.max_pixels).validate()
+                         max_pixels if max_pixels is not None else DEFAULTS.max_pixels,
+                         parse_tile_size(tile_size), tile_overlap, parse_memory(max_memory)).validate()
+
+
+def parse_tile_size(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--tile-size must be auto, 0 (no tiling) or a multiple of 64 pixels; got {text!r}") from None
+
+
+def parse_memory(text: str | None) -> int | None:
+    """'8GB', '512MB', '6.5' (GB) -> bytes."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(gb|gib|g|mb|mib|m)?\s*", text.lower())
+    if match is None:
+        raise UsageError(f"--max-memory must look like 8GB or 512MB; got {text!r}")
+    unit = (match.group(2) or "gb")[0]
+    return int(float(match.group(1)) * (1 << 30 if unit == "g" else 1 << 20))
 
 
 def default_suffix(params: UpscaleParams) -> str:

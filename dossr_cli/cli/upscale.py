@@ -60,6 +60,9 @@ def upscale(
     overwrite: common.Overwrite = False,
     metadata: common.Metadata = "all",
     max_pixels: common.MaxPixels = None,
+    tile_size: common.TileSize = "auto",
+    tile_overlap: common.TileOverlap = None,
+    max_memory: common.MaxMemory = None,
     compare: common.Compare = None,
     json_output: common.Json = False,
     quiet: common.Quiet = False,
@@ -71,7 +74,7 @@ def upscale(
     """
     from dossr_cli.batch.job import run_job
     params = common.make_params(scale, width, height, steps, order, t1, seed, color_fix, format, quality,
-                                metadata, max_pixels)
+                                metadata, max_pixels, tile_size, tile_overlap, max_memory)
     common.check_device_dtype(device, dtype)
     many = len(inputs) > 1
     if output == STDIO and many:
@@ -110,7 +113,8 @@ def upscale(
             try:
                 data = sys.stdin.buffer.read() if source == STDIO else Path(source)
                 out_format = params.format or (imageio.format_from_name(dest) if dest != STDIO else None)
-                result = run_job(pipe, data, params, out_format, callback=bars.step)
+                result = run_job(pipe, data, params, out_format, callback=bars.step,
+                                 notify=lambda message, source=source: say(f"dossr: note: {source}: {message}", quiet))
                 for note in result.notes:
                     say(f"dossr: note: {source}: {note}", quiet)
                 if dest == STDIO:

@@ -259,3 +259,30 @@ def test_existing_compare_picture_is_refused_before_any_work(dossr, lr, tmp_path
 def test_download_flag_changes_nothing_when_the_weights_are_here(dossr, lr, tmp_path):
     result = dossr("upscale", lr, "-o", tmp_path / "out.png", "--download")
     assert result.code == 0 and decode(tmp_path / "out.png").size == (64, 64)
+
+
+def test_tile_options(dossr, tmp_path):
+    """Tiles that cover the image change nothing; small tiles still give a whole, valid image."""
+    source = save(smooth_image(24, 40), tmp_path / "lr.png")
+    plain = dossr("upscale", source, "-o", tmp_path / "plain.png", "--tile-size", "0")
+    covering = dossr("upscale", source, "-o", tmp_path / "covering.png", "--tile-size", "256")
+    tiled = dossr("upscale", source, "-o", tmp_path / "tiled.png", "--tile-size", "64", "--tile-overlap", "32")
+    budget = dossr("upscale", source, "-o", tmp_path / "budget.png", "--max-memory", "0.05MB", "--tile-overlap", "32")
+    assert plain.code == covering.code == tiled.code == budget.code == 0
+    assert (tmp_path / "plain.png").read_bytes() == (tmp_path / "covering.png").read_bytes()
+    for name in ("tiled.png", "budget.png"):
+        assert decode(tmp_path / name).size == (160, 96)
+    journal_key = json.loads(dossr("upscale", source, "-o", tmp_path / "j.png", "--json").stdout)["parameters"]
+    assert journal_key["tile_size"] == "auto" and journal_key["tile_overlap"] is None
+
+
+@pytest.mark.parametrize(("options", "phrase"), [
+    (["--tile-size", "100"], "--tile-size must be"), (["--tile-size", "big"], "--tile-size must be"),
+    (["--tile-size", "64", "--tile-overlap", "64"], "--tile-overlap must be"),
+    (["--tile-overlap", "12"], "--tile-overlap must be"), (["--max-memory", "lots"], "--max-memory must"),
+])
+def test_bad_tile_options_are_usage_errors(dossr, tmp_path, options, phrase):
+    source = save(smooth_image(16, 16), tmp_path / "lr.png")
+    result = dossr("upscale", source, *options)
+    assert result.code == 2 and phrase in result.stderr and "Traceback" not in result.stderr
+    assert files_in(tmp_path) == {"lr.png"}
