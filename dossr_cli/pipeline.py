@@ -226,6 +226,7 @@ class DoSSRPipeline:
         tile_overlap: int = DEFAULT_TILE_OVERLAP,
         max_memory: int | None = None,
         on_retry: Callable[[str], None] | None = None,
+        tile_callback: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
         """(B, 3, h, w) in [0, 1] -> (B, 3, H, W) float32 in [0, 1] on the CPU.
 
@@ -233,7 +234,8 @@ class DoSSRPipeline:
         when None) and the image. `size` = (H, W) overrides `scale`. `tile_size` and
         `tile_overlap` (pixels of the x4 image) run every stage on blended tiles; "auto"
         picks the tile from free memory (or `max_memory` bytes), one tile when it fits.
-        Out of memory, the images are run again with half the tile, and `on_retry` hears why.
+        Out of memory, the images are run again with half the tile, and `on_retry` hears why;
+        `tile_callback(done, total)` hears the solver's tiles at every step.
         """
         validate_options(steps, order, t1, color_fix)
         if lq.ndim != 4 or lq.shape[1] != 3:
@@ -255,7 +257,8 @@ class DoSSRPipeline:
             # the user's overlap, unless a tile shrunk by the fallback below can no longer hold it
             overlap = tile_overlap if tile_size is None or tile_overlap < tile_size else tile_size // 2
             try:
-                x4 = self.upscale_x4(lq, list(seeds), steps, order, t1, color_fix, callback, tile_size, overlap)
+                x4 = self.upscale_x4(lq, list(seeds), steps, order, t1, color_fix, callback, tile_size, overlap,
+                                     tile_callback)
                 return lanczos_resize(x4, out_size)
             except (torch.OutOfMemoryError, RuntimeError) as error:
                 if not is_out_of_memory(error):
@@ -273,7 +276,8 @@ class DoSSRPipeline:
 
     def upscale_x4(self, lq: torch.Tensor, seeds: list[int], steps: int, order: int, t1: int,
                    color_fix_method: str, callback: StepCallback | None = None, tile_size: int | None = None,
-                   tile_overlap: int = DEFAULT_TILE_OVERLAP) -> torch.Tensor:
+                   tile_overlap: int = DEFAULT_TILE_OVERLAP,
+                   tile_callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """The model's own x4 result, clamped to [0, 1], float32 on the CPU."""
         pre = self.preprocess(lq, tile_size, tile_overlap).clamp(0, 1)
         height, width = pre.shape[-2:]
@@ -286,8 +290,8 @@ class DoSSRPipeline:
         noise = self.draw_noise(seeds, tuple(posterior.mean.shape[1:]), steps + 2)
         scaling = self.config.vae.scaling_factor
         x0_hat = (posterior.mean.float() + posterior.std.float() * noise[0]) * scaling
-        z = dos_sde_sample(eps_to_data_prediction(self.eps_predictor(c_latent, plan), table), x0_hat, table,
-                           noise[1:], order, callback)
+        z = dos_sde_sample(eps_to_data_prediction(self.eps_predictor(c_latent, plan, tile_callback), table), x0_hat,
+                           table, noise[1:], order, callback)
         decoded = (self.decode((z / scaling).to(self.dtype), plan).float() + 1) / 2
         decoded = decoded[..., :height, :width]
         return color_fix(decoded, pre.float(), color_fix_method).clamp(0, 1).cpu()
@@ -325,7 +329,8 @@ class DoSSRPipeline:
         plan = TiledPlan.make(*lq.shape[-2:], tile_size // upscale, tile_overlap // upscale)
         return run_tiled_scaled(self.networks.preprocessor, lq, plan, 1, upscale)
 
-    def eps_predictor(self, c_latent: torch.Tensor, plan: TiledPlan | None = None
+    def eps_predictor(self, c_latent: torch.Tensor, plan: TiledPlan | None = None,
+                      tile_callback: Callable[[int, int], None] | None = None
                       ) -> Callable[[torch.Tensor, int], torch.Tensor]:
         """eps = UNet(z, t, context, control = ControlNet(concat(z, c_latent), t, context)).
 
@@ -348,7 +353,7 @@ class DoSSRPipeline:
         def predict_eps(z: torch.Tensor, timestep: int) -> torch.Tensor:
             if plan is None or plan.is_single:
                 return networks(z, timestep, c_latent)
-            return run_tiled(lambda zs, cs: networks(zs, timestep, cs), z, c_latent, plan)
+            return run_tiled(lambda zs, cs: networks(zs, timestep, cs), z, c_latent, plan, on_tiles=tile_callback)
 
         return predict_eps
 

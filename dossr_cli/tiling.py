@@ -112,10 +112,12 @@ class TiledPlan:
 
 
 def run_tiled(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, cond: torch.Tensor,
-              plan: TiledPlan, tiles_per_call: int = 4) -> torch.Tensor:
+              plan: TiledPlan, tiles_per_call: int = 4,
+              on_tiles: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """fn over tiles of (x, cond), `tiles_per_call` tiles per batch, blended into one full output.
 
-    One tile covering everything is just fn(x, cond), bit for bit.
+    One tile covering everything is just fn(x, cond), bit for bit. `on_tiles(done, total)`
+    hears after each batch of tiles.
     """
     if plan.is_single:
         return fn(x, cond)
@@ -131,6 +133,8 @@ def run_tiled(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch
             weight = plan.weights[start + i].to(device=x.device, dtype=torch.float32)
             out[(..., *tile.slices)] += ys[i * batch:(i + 1) * batch] * weight
             total[tile.slices] += weight
+        if on_tiles is not None:
+            on_tiles(start + len(group), len(plan.tiles))
     return out / total
 
 

@@ -232,11 +232,12 @@ def test_out_of_memory_retries_the_image_with_smaller_tiles(tiny_pipeline, monke
     attempts = []
 
     def first_attempt_fails(self, lq, seeds, steps, order, t1, color_fix, callback=None, tile_size=None,
-                            tile_overlap=256):
+                            tile_overlap=256, tile_callback=None):
         attempts.append(tile_size)
         if len(attempts) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return original(self, lq, seeds, steps, order, t1, color_fix, callback, tile_size, tile_overlap)
+        return original(self, lq, seeds, steps, order, t1, color_fix, callback, tile_size, tile_overlap,
+                        tile_callback)
 
     monkeypatch.setattr(type(tiny_pipeline), "upscale_x4", first_attempt_fails)
     said = []
@@ -283,3 +284,30 @@ def test_auto_tiling_under_a_small_budget_still_makes_the_image(tiny_pipeline):
                                          max_memory=64 * 64 * 3072)
     assert tight.shape == roomy.shape and torch.isfinite(tight).all()
     assert (tight - roomy).abs().mean() < 0.1
+
+
+def test_the_tile_callback_hears_every_tile_at_every_step(tiny_pipeline):
+    heard = []
+    tiny_pipeline.upscale_tensor(to_tensor(smooth_image(16, 48)), seed=1, steps=2, tile_size=64, tile_overlap=32,
+                                 tile_callback=lambda done, total: heard.append((done, total)))
+    total = len(latent_tile_plan(8, 24, 64, 32).tiles)
+    assert total > 4
+    per_step = [(min(done, total), total) for done in range(4, total + 4, 4)]
+    assert heard == per_step * 2
+
+
+def test_the_progress_shows_tiles_only_when_there_are_several():
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from dossr_cli.cli.progress import Bars
+
+    with Progress(console=Console(file=io.StringIO(), force_terminal=True)) as progress:
+        bars = Bars(progress, images=1, steps=5)
+        task = progress.tasks[bars.tile_task]
+        bars.tiles(1, 1)
+        assert not task.visible
+        bars.tiles(3, 8)
+        assert task.visible and task.completed == 3 and task.total == 8

@@ -41,7 +41,8 @@ class JobResult:
 
 
 def upscale_decoded_batch(pipe: DoSSRPipeline, images: Sequence[imageio.DecodedImage], params: UpscaleParams,
-                          callback: StepCallback | None = None, notify: Callable[[str], None] | None = None
+                          callback: StepCallback | None = None, notify: Callable[[str], None] | None = None,
+                          tile_callback: Callable[[int, int], None] | None = None
                           ) -> list[tuple[np.ndarray, np.ndarray | None, int]]:
     """Images of one size through the model together, each with its own seed (run seed + its pixels).
 
@@ -59,7 +60,7 @@ def upscale_decoded_batch(pipe: DoSSRPipeline, images: Sequence[imageio.DecodedI
     out = pipe.upscale_tensor(lq, steps=params.steps, order=params.order, t1=params.t1,
                               color_fix=params.color_fix, seeds=seeds, size=size, callback=callback,
                               tile_size=params.pipeline_tile_size, tile_overlap=params.pipeline_tile_overlap,
-                              max_memory=params.max_memory, on_retry=notify)
+                              max_memory=params.max_memory, on_retry=notify, tile_callback=tile_callback)
     results = []
     for image, rgb_chw, seed in zip(images, out, seeds):
         rgb, alpha = rgb_chw.permute(1, 2, 0).numpy(), None
@@ -90,9 +91,10 @@ def encode_result(image: imageio.DecodedImage, rgb: np.ndarray, alpha: np.ndarra
 
 
 def run_job(pipe: DoSSRPipeline, source: Path | bytes, params: UpscaleParams, out_format: str | None = None,
-            callback: StepCallback | None = None, notify: Callable[[str], None] | None = None) -> JobResult:
+            callback: StepCallback | None = None, notify: Callable[[str], None] | None = None,
+            tile_callback: Callable[[int, int], None] | None = None) -> JobResult:
     """Decode `source`, upscale it and encode the result in `out_format` (default: the input's)."""
-    result = run_jobs(pipe, [source], params, [out_format], callback, notify)[0]
+    result = run_jobs(pipe, [source], params, [out_format], callback, notify, tile_callback)[0]
     if isinstance(result, DossrError):
         raise result
     return result
@@ -100,7 +102,8 @@ def run_job(pipe: DoSSRPipeline, source: Path | bytes, params: UpscaleParams, ou
 
 def run_jobs(pipe: DoSSRPipeline, sources: Sequence[Path | bytes], params: UpscaleParams,
              out_formats: Sequence[str | None], callback: StepCallback | None = None,
-             notify: Callable[[str], None] | None = None) -> list[JobResult | DossrError]:
+             notify: Callable[[str], None] | None = None,
+             tile_callback: Callable[[int, int], None] | None = None) -> list[JobResult | DossrError]:
     """Several images; those of one size go through the model as one batch.
 
     A failure stays with its image: the list holds each image's result or its error.
@@ -120,7 +123,8 @@ def run_jobs(pipe: DoSSRPipeline, sources: Sequence[Path | bytes], params: Upsca
     for members in groups.values():
         started = time.perf_counter()
         try:
-            upscaled = upscale_decoded_batch(pipe, [decoded[i] for i in members], params, callback, notify)
+            upscaled = upscale_decoded_batch(pipe, [decoded[i] for i in members], params, callback, notify,
+                                             tile_callback)
         except DossrError as error:
             for i in members:
                 results[i] = error

@@ -101,7 +101,8 @@ def journal_params(params: UpscaleParams, model: str) -> dict[str, Any]:
 
 def process_items(pipe: DoSSRPipeline, items: Sequence[BatchItem], params: UpscaleParams,
                   may_replace: Sequence[bool], callback: StepCallback | None = None,
-                  notify: Callable[[str], None] | None = None) -> list[Outcome]:
+                  notify: Callable[[str], None] | None = None,
+                  tile_callback: Callable[[int, int], None] | None = None) -> list[Outcome]:
     """Upscale items (same-size ones as one batch) and write each output atomically.
 
     Failures become Outcomes, not exceptions: one bad image never stops the others.
@@ -116,7 +117,7 @@ def process_items(pipe: DoSSRPipeline, items: Sequence[BatchItem], params: Upsca
         else:
             runnable.append(i)
     formats = [params.format or imageio.format_from_name(items[i].output) for i in runnable]
-    results = run_jobs(pipe, [items[i].source for i in runnable], params, formats, callback, notify)
+    results = run_jobs(pipe, [items[i].source for i in runnable], params, formats, callback, notify, tile_callback)
     for i, result in zip(runnable, results):
         item = items[i]
         try:
@@ -144,7 +145,8 @@ def process_item(pipe: DoSSRPipeline, item: BatchItem, params: UpscaleParams, ma
 def run_local(pipe: DoSSRPipeline, items: list[BatchItem], params: UpscaleParams, model: str, journal: Journal,
               overwrite: bool, batch_size: int = 1, on_start: Callable[[BatchItem], None] | None = None,
               on_outcome: Callable[[Outcome], None] | None = None, callback: StepCallback | None = None,
-              notify: Callable[[str], None] | None = None) -> list[Outcome]:
+              notify: Callable[[str], None] | None = None,
+              tile_callback: Callable[[int, int], None] | None = None) -> list[Outcome]:
     """Items in this process, `batch_size` at a time (same sizes batched), the journal updated around each."""
     outcomes = []
     pixel = journal_params(params, model)
@@ -156,7 +158,7 @@ def run_local(pipe: DoSSRPipeline, items: list[BatchItem], params: UpscaleParams
                 on_start(item)
             replace.append(overwrite or journal.owns(item.output))
             journal.running(item.rel, item.sha256, pixel, item.output)
-        for item, outcome in zip(chunk, process_items(pipe, chunk, params, replace, callback, notify)):
+        for item, outcome in zip(chunk, process_items(pipe, chunk, params, replace, callback, notify, tile_callback)):
             record(journal, item, pixel, outcome)
             outcomes.append(outcome)
             if on_outcome:

@@ -117,7 +117,7 @@ def batch(
                 size = batch_size or (4 if pipe.device.type == "cuda" else 1)
                 outcomes += run_local(pipe, todo, params, model, journal, overwrite, size,
                                       on_start=lambda item: bars.start_image(item.rel),
-                                      on_outcome=finished, callback=bars.step,
+                                      on_outcome=finished, callback=bars.step, tile_callback=bars.tiles,
                                       notify=lambda message: say(f"dossr: note: {message}", quiet))
     finally:
         journal.close()

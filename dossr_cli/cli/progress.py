@@ -1,4 +1,4 @@
-"""Rich progress on stderr: images and solver steps, with ETA; nothing when quiet or piped."""
+"""Rich progress on stderr: images, solver steps and tiles, with ETA; nothing when quiet or piped."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ class Bars:
         if progress is not None:
             self.images = progress.add_task("images", total=images)
             self.solver = progress.add_task("steps", total=steps)
+            self.tile_task = progress.add_task("tiles", total=1, visible=False)  # shown once an image has several
 
     def start_image(self, name: str) -> None:
         if self.progress is not None:
@@ -26,6 +27,10 @@ class Bars:
     def step(self, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress.update(self.solver, completed=done, total=total)
+
+    def tiles(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.tile_task, completed=done, total=total, visible=total > 1)
 
     def done_image(self) -> None:
         if self.progress is not None:

@@ -113,7 +113,7 @@ def upscale(
             try:
                 data = sys.stdin.buffer.read() if source == STDIO else Path(source)
                 out_format = params.format or (imageio.format_from_name(dest) if dest != STDIO else None)
-                result = run_job(pipe, data, params, out_format, callback=bars.step,
+                result = run_job(pipe, data, params, out_format, callback=bars.step, tile_callback=bars.tiles,
                                  notify=lambda message, source=source: say(f"dossr: note: {source}: {message}", quiet))
                 for note in result.notes:
                     say(f"dossr: note: {source}: {note}", quiet)
