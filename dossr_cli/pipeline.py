@@ -29,7 +29,7 @@ from dossr_cli.networks.config import ModelConfig
 from dossr_cli.schedule import DEFAULT_T1, coefficient_table
 from dossr_cli.solver import ORDERS, StepCallback, dos_sde_sample, eps_to_data_prediction
 from dossr_cli.tiled_vae import run_synchronized
-from dossr_cli.tiling import TiledPlan, run_tiled, run_tiled_scaled
+from dossr_cli.tiling import TiledPlan, run_tiled
 
 DEFAULT_STEPS = 5
 DEFAULT_ORDER = 3
@@ -327,7 +327,7 @@ class DoSSRPipeline:
         latent_tile_plan(8, 8, tile_size, tile_overlap)  # the same checks on the options
         upscale = self.config.upscale
         plan = TiledPlan.make(*lq.shape[-2:], tile_size // upscale, tile_overlap // upscale)
-        return run_tiled_scaled(self.networks.preprocessor, lq, plan, 1, upscale)
+        return run_tiled(self.networks.preprocessor, (lq,), plan, scale_out=upscale)
 
     def eps_predictor(self, c_latent: torch.Tensor, plan: TiledPlan | None = None,
                       tile_callback: Callable[[int, int], None] | None = None
@@ -353,7 +353,7 @@ class DoSSRPipeline:
         def predict_eps(z: torch.Tensor, timestep: int) -> torch.Tensor:
             if plan is None or plan.is_single:
                 return networks(z, timestep, c_latent)
-            return run_tiled(lambda zs, cs: networks(zs, timestep, cs), z, c_latent, plan, on_tiles=tile_callback)
+            return run_tiled(lambda zs, cs: networks(zs, timestep, cs), (z, c_latent), plan, on_tiles=tile_callback)
 
         return predict_eps
 

@@ -111,59 +111,36 @@ class TiledPlan:
 
 
 
-def run_tiled(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, cond: torch.Tensor,
-              plan: TiledPlan, tiles_per_call: int = 4,
+def run_tiled(fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], plan: TiledPlan, *,
+              scale_in: int = 1, scale_out: int = 1, tiles_per_call: int = 4,
               on_tiles: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """fn over tiles of (x, cond), `tiles_per_call` tiles per batch, blended into one full output.
+    """fn over tiles of `inputs` (one tile of each per call), blended into one full output.
 
-    One tile covering everything is just fn(x, cond), bit for bit. `on_tiles(done, total)`
-    hears after each batch of tiles.
+    `plan` is in grid units; a tile spans `scale_in` input and `scale_out` output pixels
+    per unit (the x4 preprocessor: 1 and 4). For networks without image-wide statistics:
+    a VAE's GroupNorm would give each tile its own tone (see tiled_vae.py). Tiles run
+    `tiles_per_call` at a time as one batch; `on_tiles(done, total)` hears after each
+    batch. One tile covering everything is just fn(*inputs), bit for bit.
     """
     if plan.is_single:
-        return fn(x, cond)
-    batch = x.shape[0]
-    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-    total = torch.zeros(plan.height, plan.width, dtype=torch.float32, device=x.device)
+        return fn(*inputs)
+    batch = inputs[0].shape[0]
+    device = inputs[0].device
+    out_plan = plan if scale_out == 1 else plan.scaled(scale_out)
+    out: torch.Tensor | None = None
+    total = torch.zeros(out_plan.height, out_plan.width, dtype=torch.float32, device=device)
     for start in range(0, len(plan.tiles), tiles_per_call):
         group = plan.tiles[start:start + tiles_per_call]
-        xs = torch.cat([x[(..., *t.slices)] for t in group])
-        cs = torch.cat([cond[(..., *t.slices)] for t in group])
-        ys = fn(xs, cs).float()
-        for i, tile in enumerate(group):
-            weight = plan.weights[start + i].to(device=x.device, dtype=torch.float32)
-            out[(..., *tile.slices)] += ys[i * batch:(i + 1) * batch] * weight
+        pieces = [torch.cat([x[..., t.top * scale_in:(t.top + t.height) * scale_in,
+                               t.left * scale_in:(t.left + t.width) * scale_in] for t in group]) for x in inputs]
+        ys = fn(*pieces).float()
+        if out is None:
+            out = torch.zeros(batch, ys.shape[1], out_plan.height, out_plan.width, dtype=torch.float32, device=device)
+        for k, tile in enumerate(out_plan.tiles[start:start + tiles_per_call]):
+            weight = out_plan.weights[start + k].to(device=device, dtype=torch.float32)
+            out[(..., *tile.slices)] += ys[k * batch:(k + 1) * batch] * weight
             total[tile.slices] += weight
         if on_tiles is not None:
             on_tiles(start + len(group), len(plan.tiles))
-    return out / total
-
-
-def run_tiled_scaled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, plan: TiledPlan,
-                     scale_in: int, scale_out: int, tiles_per_call: int = 4) -> torch.Tensor:
-    """fn over tiles of x where fn changes the resolution (the x4 preprocessor; later the VAE).
-
-    `plan` is in grid units; a tile spans `scale_in` input and `scale_out` output pixels
-    per unit. For convolutional networks without image-wide statistics only: a VAE's
-    GroupNorm would give each tile its own tone (see the note in the pipeline). One tile
-    covering everything is just fn(x).
-    """
-    if plan.is_single:
-        return fn(x)
-    batch = x.shape[0]
-    out_plan = plan.scaled(scale_out)
-    out: torch.Tensor | None = None
-    total = torch.zeros(out_plan.height, out_plan.width, dtype=torch.float32, device=x.device)
-    for start in range(0, len(plan.tiles), tiles_per_call):
-        group = plan.tiles[start:start + tiles_per_call]
-        xs = torch.cat([x[..., t.top * scale_in:(t.top + t.height) * scale_in,
-                          t.left * scale_in:(t.left + t.width) * scale_in] for t in group])
-        ys = fn(xs).float()
-        if out is None:
-            out = torch.zeros(batch, ys.shape[1], out_plan.height, out_plan.width, dtype=torch.float32,
-                              device=x.device)
-        for k, tile in enumerate(out_plan.tiles[start:start + tiles_per_call]):
-            weight = out_plan.weights[start + k].to(device=x.device, dtype=torch.float32)
-            out[(..., *tile.slices)] += ys[k * batch:(k + 1) * batch] * weight
-            total[tile.slices] += weight
     assert out is not None
     return out / total

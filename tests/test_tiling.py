@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dossr_cli.pipeline import latent_tile_plan
-from dossr_cli.tiling import TiledPlan, axis_starts, blend_weights, plan_tiles, run_tiled, run_tiled_scaled
+from dossr_cli.tiling import TiledPlan, axis_starts, blend_weights, plan_tiles, run_tiled
 
 
 @settings(max_examples=200, deadline=None)
@@ -77,16 +77,16 @@ def test_tiles_give_the_untiled_result_when_the_guard_covers_the_receptive_field
     whole = fn(x, cond)
     plan = TiledPlan.make(height, width, tile=20, overlap=12, guard=3)
     assert len(plan.tiles) > 2
-    torch.testing.assert_close(run_tiled(fn, x, cond, plan, tiles_per_call=3), whole, rtol=0, atol=1e-6)
+    torch.testing.assert_close(run_tiled(fn, (x, cond), plan, tiles_per_call=3), whole, rtol=0, atol=1e-6)
     too_small = TiledPlan.make(height, width, tile=20, overlap=12, guard=1)  # the stand-in sees past the guard
-    assert (run_tiled(fn, x, cond, too_small) - whole).abs().max() > 1e-3
+    assert (run_tiled(fn, (x, cond), too_small) - whole).abs().max() > 1e-3
 
 
 def test_one_tile_is_the_untiled_call_itself():
     fn = conv_stand_in(radius=2)
     x, cond = torch.randn(1, 4, 10, 12), torch.randn(1, 4, 10, 12)
     plan = TiledPlan.make(10, 12, 16, 4)
-    assert plan.is_single and torch.equal(run_tiled(fn, x, cond, plan), fn(x, cond))
+    assert plan.is_single and torch.equal(run_tiled(fn, (x, cond), plan), fn(x, cond))
 
 
 def test_tile_at_least_the_image_is_bit_identical_to_no_tiling(tiny_pipeline):
@@ -185,7 +185,7 @@ def test_tiled_vae_leaves_no_tone_step_between_tiles(plain_vae_networks):
         decoded = nets.vae.decoder(latent)
         tiled_decode = run_synchronized(nets.vae.decoder, "decoder", latent, plan, 1, 8)
         tiled_encode = run_synchronized(nets.vae.encoder, "encoder", image, plan, 8, 1)
-        own_statistics = run_tiled_scaled(nets.vae.decoder, latent, plan, 1, 8)
+        own_statistics = run_tiled(nets.vae.decoder, (latent,), plan, scale_out=8)
     assert tile_mean_error(tiled_decode, decoded, plan.scaled(8)) < 0.01
     assert tile_mean_error(tiled_encode, moments, plan) < 0.01
     assert tile_mean_error(own_statistics, decoded, plan.scaled(8)) > 0.05

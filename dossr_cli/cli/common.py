@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dossr_cli import imageio
 from dossr_cli.batch.params import DEFAULT_SEED, UpscaleParams
 from dossr_cli.cli.console import confirm, say
 from dossr_cli.errors import UsageError
@@ -56,7 +57,7 @@ def make_params(scale: float, width: int | None, height: int | None, steps: int,
                 color_fix: str, format: str | None, quality: int | None, metadata: str,
                 max_pixels: int | None, tile_size: str = "auto", tile_overlap: int | None = None,
                 max_memory: str | None = None) -> UpscaleParams:
-    fmt = format.lower().replace("jpeg", "jpg").replace("tif", "tiff").replace("tifff", "tiff") if format else None
+    fmt = (imageio.format_from_name(f"x.{format}") or format.lower()) if format else None  # jpeg -> jpg, tif -> tiff
     return UpscaleParams(scale, width, height, steps, order, t1, seed, color_fix, fmt, quality, metadata,
                          max_pixels if max_pixels is not None else DEFAULTS.max_pixels,
                          parse_tile_size(tile_size), tile_overlap, parse_memory(max_memory)).validate()
