@@ -13,7 +13,8 @@ import hashlib
 import math
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from dossr_cli.schedule import DEFAULT_T1, coefficient_table
 from dossr_cli.solver import ORDERS, StepCallback, dos_sde_sample, eps_to_data_prediction
 from dossr_cli.tiled_vae import run_synchronized
 from dossr_cli.tiling import TiledPlan, run_tiled
+from dossr_cli.timing import NullTimer
 
 DEFAULT_STEPS = 5
 DEFAULT_ORDER = 3
@@ -156,6 +158,31 @@ def latent_tile_plan(latent_height: int, latent_width: int, tile_size: int | Non
     return TiledPlan.make(latent_height, latent_width, tile_size // LATENT_FACTOR, tile_overlap // LATENT_FACTOR)
 
 
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Byte-identical parameters and buffers, under the same names."""
+    left, right = a.state_dict(), b.state_dict()
+    return left.keys() == right.keys() and all(
+        left[k].shape == right[k].shape and left[k].dtype == right[k].dtype and torch.equal(left[k], right[k])
+        for k in left)
+
+
+def compile_regions(networks: DoSSRNetworks) -> list[torch.nn.Module]:
+    """The blocks `DoSSRPipeline.compile` compiles one by one: every down, mid and up block of
+    the UNet, ControlNet and VAE coders, and the RRDBNet's trunk blocks."""
+    regions: list[torch.nn.Module] = []
+    for net in (networks.unet, networks.controlnet):
+        regions += [*net.down_blocks, net.mid_block, *getattr(net, "up_blocks", [])]
+    for coder in (networks.vae.encoder, networks.control_encoder.encoder):
+        regions += [*coder.down_blocks, coder.mid_block]
+    regions += [*networks.vae.decoder.up_blocks, networks.vae.decoder.mid_block]
+    regions += list(networks.preprocessor.body)
+    return regions
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype))
+
+
 def validate_options(steps: int, order: int, t1: int, color_fix_method: str) -> None:
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(map(str, ORDERS))}; got {order}")
@@ -172,6 +199,12 @@ class DoSSRPipeline:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.networks = networks.eval().requires_grad_(False).to(self.device, self.dtype)
+        if self.device.type == "cuda":  # cuDNN's convolutions and GroupNorm are fastest in NHWC
+            self.networks.to(memory_format=torch.channels_last)
+        # A checkpoint whose control encoder is a byte-identical copy of the VAE's encoder gives
+        # both latents from one pass: the control latent is the posterior's mean, scaled.
+        self.shared_encoder = same_weights(self.networks.control_encoder.encoder, self.networks.vae.encoder) and \
+            same_weights(self.networks.control_encoder.quant_conv, self.networks.vae.quant_conv)
 
     @classmethod
     def from_pretrained(cls, weights: str | Path = "default", device: str | torch.device | None = "auto",
@@ -185,6 +218,16 @@ class DoSSRPipeline:
     @property
     def config(self) -> ModelConfig:
         return self.networks.config
+
+    def compile(self, mode: str | None = None, backend: str = "inductor") -> DoSSRPipeline:
+        """torch.compile the networks region by region: each block of the UNet, ControlNet, VAE and
+        RRDBNet is compiled on its own, so repeated blocks share their code and compiling takes
+        seconds instead of minutes, with most of the speed of a whole-graph compile.
+        `mode="reduce-overhead"` adds CUDA graphs. Returns self.
+        """
+        for block in compile_regions(self.networks):
+            block.compile(mode=mode, backend=backend, dynamic=False)
+        return self
 
     def upscale(
         self,
@@ -227,6 +270,7 @@ class DoSSRPipeline:
         max_memory: int | None = None,
         on_retry: Callable[[str], None] | None = None,
         tile_callback: Callable[[int, int], None] | None = None,
+        timer: NullTimer | None = None,
     ) -> torch.Tensor:
         """(B, 3, h, w) in [0, 1] -> (B, 3, H, W) float32 in [0, 1] on the CPU.
 
@@ -234,8 +278,9 @@ class DoSSRPipeline:
         when None) and the image. `size` = (H, W) overrides `scale`. `tile_size` and
         `tile_overlap` (pixels of the x4 image) run every stage on blended tiles; "auto"
         picks the tile from free memory (or `max_memory` bytes), one tile when it fits.
-        Out of memory, the images are run again with half the tile, and `on_retry` hears why;
-        `tile_callback(done, total)` hears the solver's tiles at every step.
+        Out of memory, the images are run again with half the tile, and `on_retry` hears why (and
+        of a half-precision stage run again in fp32); `tile_callback(done, total)` hears the
+        solver's tiles at every step; `timer` (timing.StageTimer) the seconds of each stage.
         """
         validate_options(steps, order, t1, color_fix)
         if lq.ndim != 4 or lq.shape[1] != 3:
@@ -258,7 +303,7 @@ class DoSSRPipeline:
             overlap = tile_overlap if tile_size is None or tile_overlap < tile_size else tile_size // 2
             try:
                 x4 = self.upscale_x4(lq, list(seeds), steps, order, t1, color_fix, callback, tile_size, overlap,
-                                     tile_callback)
+                                     tile_callback, timer, on_retry)
                 return lanczos_resize(x4, out_size)
             except (torch.OutOfMemoryError, RuntimeError) as error:
                 if not is_out_of_memory(error):
@@ -277,24 +322,82 @@ class DoSSRPipeline:
     def upscale_x4(self, lq: torch.Tensor, seeds: list[int], steps: int, order: int, t1: int,
                    color_fix_method: str, callback: StepCallback | None = None, tile_size: int | None = None,
                    tile_overlap: int = DEFAULT_TILE_OVERLAP,
-                   tile_callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """The model's own x4 result, clamped to [0, 1], float32 on the CPU."""
-        pre = self.preprocess(lq, tile_size, tile_overlap).clamp(0, 1)
+                   tile_callback: Callable[[int, int], None] | None = None, timer: NullTimer | None = None,
+                   notify: Callable[[str], None] | None = None) -> torch.Tensor:
+        """The model's own x4 result, clamped to [0, 1], float32 on the CPU.
+
+        `timer` hears each stage (bench); in half precision every stage's output is checked once
+        for inf/NaN, and a stage that overflowed runs again in fp32 (`notify` hears of it).
+        """
+        timer = timer if timer is not None else NullTimer()
+        nets = self.networks
+        with timer.stage("preprocess"):
+            pre = self.finite_or_fp32("preprocess", [nets.preprocessor], notify,
+                                      lambda: self.preprocess(lq.to(self.dtype), tile_size, tile_overlap)).clamp(0, 1)
         height, width = pre.shape[-2:]
         padded = reflect_pad_to_multiple(pre, self.config.pixel_multiple) * 2 - 1
         factor = self.config.vae.downscale
         plan = latent_tile_plan(padded.shape[-2] // factor, padded.shape[-1] // factor, tile_size, tile_overlap)
-        c_latent = self.encode_control(padded, plan)
-        posterior = self.encode_posterior(padded, plan)
+        with timer.stage("vae_encoder"):
+            moments = self.finite_or_fp32("VAE encoder", [nets.vae.encoder, nets.vae.quant_conv], notify,
+                                          lambda: self.encode_moments(padded.to(self.dtype), plan))
+            posterior = DiagonalGaussianDistribution(moments)
+        if self.shared_encoder:
+            c_latent = posterior.mean * nets.control_encoder.scaling_factor
+        else:
+            with timer.stage("control_encoder"):
+                c_latent = self.finite_or_fp32("control encoder", [nets.control_encoder], notify,
+                                               lambda: self.encode_control(padded.to(self.dtype), plan))
         table = coefficient_table(steps, t1)
         noise = self.draw_noise(seeds, tuple(posterior.mean.shape[1:]), steps + 2)
         scaling = self.config.vae.scaling_factor
         x0_hat = (posterior.mean.float() + posterior.std.float() * noise[0]) * scaling
-        z = dos_sde_sample(eps_to_data_prediction(self.eps_predictor(c_latent, plan, tile_callback), table), x0_hat,
-                           table, noise[1:], order, callback)
-        decoded = (self.decode((z / scaling).to(self.dtype), plan).float() + 1) / 2
-        decoded = decoded[..., :height, :width]
-        return color_fix(decoded, pre.float(), color_fix_method).clamp(0, 1).cpu()
+
+        def solve() -> torch.Tensor:
+            def step_done(done: int, total: int) -> None:
+                timer.lap(f"step_{done}")
+                if callback is not None:
+                    callback(done, total)
+
+            predict_eps = self.eps_predictor(c_latent, plan, tile_callback, table.timesteps)
+            timer.mark()
+            return dos_sde_sample(eps_to_data_prediction(predict_eps, table), x0_hat, table, noise[1:], order,
+                                  step_done)
+
+        z = self.finite_or_fp32("solver", [nets.unet, nets.controlnet], notify, solve)
+        with timer.stage("decode"):
+            decoded = self.finite_or_fp32("VAE decoder", [nets.vae.decoder, nets.vae.post_quant_conv], notify,
+                                          lambda: self.decode((z / scaling).to(self.dtype), plan))
+            decoded = ((decoded.float() + 1) / 2)[..., :height, :width]
+        with timer.stage("color_fix"):
+            fixed = color_fix(decoded, pre.float(), color_fix_method).clamp(0, 1)
+        return fixed.cpu()
+
+    def finite_or_fp32(self, stage: str, modules: Sequence[torch.nn.Module], notify: Callable[[str], None] | None,
+                       run: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """run(); in fp16/bf16, once more in fp32 if its output holds inf or NaN, rather than writing a
+        black image. One host-device sync per stage, none inside the solver's loop."""
+        out = run()
+        if self.dtype == torch.float32 or bool(torch.isfinite(out).all()):
+            return out
+        if notify is not None:
+            notify(f"{stage}: {dtype_name(self.dtype)} overflowed (inf or NaN); ran it again in fp32")
+        with self.full_precision(modules):
+            return run()
+
+    @contextmanager
+    def full_precision(self, modules: Sequence[torch.nn.Module]) -> Iterator[None]:
+        """These modules and the pipeline's compute dtype in fp32 for a while (half -> fp32 -> half is exact)."""
+        dtype = self.dtype
+        try:
+            for module in modules:
+                module.float()
+            self.dtype = torch.float32
+            yield
+        finally:
+            self.dtype = dtype
+            for module in modules:
+                module.to(dtype)
 
     def encode_control(self, image: torch.Tensor, plan: TiledPlan) -> torch.Tensor:
         """The control latent (the second encoder's mode), on synchronised tiles when the plan has several."""
@@ -305,12 +408,13 @@ class DoSSRPipeline:
                                                       self.config.vae.downscale, 1).to(self.dtype))
         return moments.chunk(2, dim=1)[0] * encoder.scaling_factor
 
-    def encode_posterior(self, image: torch.Tensor, plan: TiledPlan) -> DiagonalGaussianDistribution:
+    def encode_moments(self, image: torch.Tensor, plan: TiledPlan) -> torch.Tensor:
+        """The VAE encoder's Gaussian moments (mean and log-variance, stacked on channels)."""
         vae = self.networks.vae
         if plan.is_single:
-            return vae.encode(image).latent_dist
+            return vae.quant_conv(vae.encoder(image))
         moments = run_synchronized(vae.encoder, "encoder", image, plan, self.config.vae.downscale, 1)
-        return DiagonalGaussianDistribution(vae.quant_conv(moments.to(self.dtype)))
+        return vae.quant_conv(moments.to(self.dtype))
 
     def decode(self, latent: torch.Tensor, plan: TiledPlan) -> torch.Tensor:
         vae = self.networks.vae
@@ -330,21 +434,22 @@ class DoSSRPipeline:
         return run_tiled(self.networks.preprocessor, (lq,), plan, scale_out=upscale)
 
     def eps_predictor(self, c_latent: torch.Tensor, plan: TiledPlan | None = None,
-                      tile_callback: Callable[[int, int], None] | None = None
+                      tile_callback: Callable[[int, int], None] | None = None, timesteps: Sequence[int] = ()
                       ) -> Callable[[torch.Tensor, int], torch.Tensor]:
         """eps = UNet(z, t, context, control = ControlNet(concat(z, c_latent), t, context)).
 
         With a plan of several tiles, the networks run tile by tile and the predictions are
         blended into one full eps. The solver's latent stays float32; the networks run in
-        the pipeline's dtype.
+        the pipeline's dtype. `timesteps` go to the device here, before the solver's loop.
         """
         nets = self.networks
+        on_device = {int(t): torch.tensor(int(t), device=self.device) for t in timesteps}
 
         def networks(z: torch.Tensor, timestep: int, control: torch.Tensor) -> torch.Tensor:
             z = z.to(self.dtype)
-            t = torch.tensor(timestep, device=self.device)
-            context = nets.context.expand(z.shape[0], -1, -1)
-            down, mid = nets.controlnet(z, t, encoder_hidden_states=context, controlnet_cond=control,
+            t = on_device[timestep] if timestep in on_device else torch.tensor(timestep, device=self.device)
+            context = nets.context.to(self.dtype).expand(z.shape[0], -1, -1)
+            down, mid = nets.controlnet(z, t, encoder_hidden_states=context, controlnet_cond=control.to(self.dtype),
                                         return_dict=False)
             eps = nets.unet(z, t, encoder_hidden_states=context, down_block_additional_residuals=down,
                             mid_block_additional_residual=mid, return_dict=False)[0]

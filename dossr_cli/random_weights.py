@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the networks import diffusers: only the functions that buil
     from dossr_cli.networks import DoSSRNetworks
     from dossr_cli.networks.config import ModelConfig
 
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -51,18 +52,19 @@ def random_tensor(seed: int, key: str, shape: tuple[int, ...]) -> torch.Tensor:
     control path would contribute nothing to the outputs the tests compare. The
     preprocessor's last bias (same name in every layout) centres its image in [0, 1].
     """
-    numel = math.prod(shape)
-    u = uniform(seed, key, numel)
-    if len(shape) >= 2:
-        fan_in = math.prod(shape[1:])
-        values = u * math.sqrt(3.0 / fan_in)
-    elif key.endswith("conv_last.bias"):
-        values = 0.5 + 0.05 * u  # the RRDBNet's output: centred in [0, 1], so clamping keeps texture
-    elif len(shape) == 1 and key.endswith("weight"):
-        values = 1.0 + 0.1 * u
-    else:
-        values = 0.05 * u
+    values = scale_uniform(key, shape, uniform(seed, key, math.prod(shape)))  # float64 until the end
     return torch.from_numpy(values.astype(np.float32).reshape(shape))
+
+
+def scale_uniform(key: str, shape: tuple[int, ...], u: ArrayT) -> ArrayT:
+    """Values `u` uniform in [-1, 1) for parameter `key`, scaled by the rules of `random_tensor`."""
+    if len(shape) >= 2:
+        return u * math.sqrt(3.0 / math.prod(shape[1:]))
+    if key.endswith("conv_last.bias"):
+        return 0.5 + 0.05 * u
+    if len(shape) == 1 and key.endswith("weight"):
+        return 1.0 + 0.1 * u
+    return 0.05 * u
 
 
 def random_state_dict(
@@ -87,13 +89,33 @@ def tiny_config() -> ModelConfig:
     )
 
 
+def fast_random_networks(config: ModelConfig, seed: int = 0, device: str | torch.device = "cpu",
+                         dtype: torch.dtype = torch.float32) -> DoSSRNetworks:
+    """DoSSRNetworks built straight on `device` and filled from torch's generator, by the same scale
+    rules: seconds for the full-size model where the portable filler takes a minute and twice the
+    memory. For benchmarks, which need the compute and sane activations, not portable values."""
+    from dossr_cli.networks import DoSSRNetworks
+
+    with torch.device("meta"):
+        networks = DoSSRNetworks(config)
+    networks = networks.to_empty(device=device).to(dtype)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for key, tensor in [*networks.named_parameters(), *networks.named_buffers()]:
+            tensor.copy_(scale_uniform(key, tuple(tensor.shape), tensor.uniform_(-1.0, 1.0, generator=generator)))
+        networks.context.mul_(math.sqrt(3.0 / 0.0025))
+    return networks
+
+
 def random_networks(config: ModelConfig | None = None, seed: int = 0) -> DoSSRNetworks:
     """DoSSRNetworks with `random_tensor` weights everywhere (the tiny config by default)."""
     from dossr_cli.networks import DoSSRNetworks
 
     networks = DoSSRNetworks(config if config is not None else tiny_config())
+    # keyed by component too: the control encoder shares the VAE encoder's names, not its values
     parts = {
-        name: random_state_dict({k: tuple(v.shape) for k, v in part.items()}, seed)
+        name: {k.removeprefix(f"{name}."): v for k, v in
+               random_state_dict({f"{name}.{k}": tuple(v.shape) for k, v in part.items()}, seed).items()}
         for name, part in networks.component_state_dicts().items()
     }
     # the context is a LayerNorm output: zero mean, unit variance per token

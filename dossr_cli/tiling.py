@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -87,6 +87,7 @@ class TiledPlan:
     weights: tuple[torch.Tensor, ...]  # per tile, float64
     overlap: int = 0
     guard: int = 0
+    _on_device: dict = field(default_factory=dict, compare=False, repr=False)  # device -> (weights, total)
 
     @classmethod
     def make(cls, height: int, width: int, tile: int, overlap: int, guard: int | None = None) -> TiledPlan:
@@ -100,6 +101,18 @@ class TiledPlan:
     @property
     def is_single(self) -> bool:
         return len(self.tiles) == 1
+
+    def on(self, device: torch.device) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The float32 blend weights and their sum on `device`, copied there once: a copy from the host
+        inside the solver loop would make the host wait for the device at every step."""
+        key = str(device)
+        if key not in self._on_device:
+            total = torch.zeros(self.height, self.width, dtype=torch.float64)
+            for tile, weight in zip(self.tiles, self.weights):
+                total[tile.slices] += weight
+            self._on_device[key] = (tuple(w.to(device, torch.float32) for w in self.weights),
+                                    total.to(device, torch.float32))
+        return self._on_device[key]
 
     def scaled(self, factor: int) -> TiledPlan:
         """The same tiling at `factor` times the resolution (a network's output of a tile)."""
@@ -127,8 +140,8 @@ def run_tiled(fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...],
     batch = inputs[0].shape[0]
     device = inputs[0].device
     out_plan = plan if scale_out == 1 else plan.scaled(scale_out)
+    weights, total = out_plan.on(device)
     out: torch.Tensor | None = None
-    total = torch.zeros(out_plan.height, out_plan.width, dtype=torch.float32, device=device)
     for start in range(0, len(plan.tiles), tiles_per_call):
         group = plan.tiles[start:start + tiles_per_call]
         pieces = [torch.cat([x[..., t.top * scale_in:(t.top + t.height) * scale_in,
@@ -137,9 +150,7 @@ def run_tiled(fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...],
         if out is None:
             out = torch.zeros(batch, ys.shape[1], out_plan.height, out_plan.width, dtype=torch.float32, device=device)
         for k, tile in enumerate(out_plan.tiles[start:start + tiles_per_call]):
-            weight = out_plan.weights[start + k].to(device=device, dtype=torch.float32)
-            out[(..., *tile.slices)] += ys[k * batch:(k + 1) * batch] * weight
-            total[tile.slices] += weight
+            out[(..., *tile.slices)] += ys[k * batch:(k + 1) * batch] * weights[start + k]
         if on_tiles is not None:
             on_tiles(start + len(group), len(plan.tiles))
     assert out is not None

@@ -191,9 +191,18 @@ def test_tiled_vae_leaves_no_tone_step_between_tiles(plain_vae_networks):
     assert tile_mean_error(own_statistics, decoded, plan.scaled(8)) > 0.05
 
 
+HALF_LEVEL = 0.5 / 255
+
+
 def test_no_seam_across_tile_borders_of_the_whole_pipeline(plain_vae_networks):
-    """UNet output conv zeroed too, zero noise, smooth input: the gradient across every interior tile
-    border is within 10% of the gradient beside it."""
+    """UNet output conv zeroed too, zero noise, smooth input: at every interior tile border the
+    gradient across it departs from the untiled image's there by under 10% of the gradient
+    beside it, give or take half an 8-bit level (where the image is nearly flat).
+
+    Random decoder weights draw their own texture even from a smooth latent, so the gradient
+    beside a border varies by itself; the untiled image at the same place is the reference.
+    Per-tile GroupNorm statistics fail this (checked by hand: 0.084 across against 0.009 untiled).
+    """
     from dossr_cli.pipeline import DoSSRPipeline
 
     class ZeroNoise(DoSSRPipeline):
@@ -206,20 +215,23 @@ def test_no_seam_across_tile_borders_of_the_whole_pipeline(plain_vae_networks):
     try:
         pipe = ZeroNoise(nets, device="cpu", dtype="fp32")
         lq = smooth_batch(48, 64) * 0.8 + 0.1
-        out = pipe.upscale_tensor(lq, steps=2, seeds=[0], color_fix="none", tile_size=128, tile_overlap=96)
+        outs = [pipe.upscale_tensor(lq, steps=2, seeds=[0], color_fix="none", tile_size=tile, tile_overlap=96)
+                for tile in (128, None)]
     finally:
         nets.unet.conv_out.weight.data.copy_(saved)
     plan = latent_tile_plan(24, 32, 128, 96).scaled(8)
     assert len(plan.tiles) == 15
-    dx = (out[..., :, 1:] - out[..., :, :-1]).abs().mean((0, 1, 2))  # per column boundary
-    dy = (out[..., 1:, :] - out[..., :-1, :]).abs().mean((0, 1, 3))
+    (dx, dy), (dx_whole, dy_whole) = [((out[..., :, 1:] - out[..., :, :-1]).abs().mean((0, 1, 2)),  # per column
+                                       (out[..., 1:, :] - out[..., :-1, :]).abs().mean((0, 1, 3)))  # per row
+                                      for out in outs]
     checked = 0
     for tile in plan.tiles:
-        for edge, gradient in ((tile.left, dx), (tile.top, dy)):
+        for edge, gradient, whole in ((tile.left, dx, dx_whole), (tile.top, dy, dy_whole)):
             if edge > 0:
                 across = gradient[edge - 1]
                 beside = torch.cat([gradient[edge - 5:edge - 1], gradient[edge:edge + 4]]).mean()  # 4 each side
-                assert abs(across - beside) <= 0.1 * beside, (edge, float(across), float(beside))
+                assert abs(across - whole[edge - 1]) <= 0.1 * beside + HALF_LEVEL, \
+                    (edge, float(across), float(whole[edge - 1]), float(beside))
                 checked += 1
     assert checked > 0
 
@@ -232,12 +244,11 @@ def test_out_of_memory_retries_the_image_with_smaller_tiles(tiny_pipeline, monke
     attempts = []
 
     def first_attempt_fails(self, lq, seeds, steps, order, t1, color_fix, callback=None, tile_size=None,
-                            tile_overlap=256, tile_callback=None):
+                            *rest):
         attempts.append(tile_size)
         if len(attempts) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return original(self, lq, seeds, steps, order, t1, color_fix, callback, tile_size, tile_overlap,
-                        tile_callback)
+        return original(self, lq, seeds, steps, order, t1, color_fix, callback, tile_size, *rest)
 
     monkeypatch.setattr(type(tiny_pipeline), "upscale_x4", first_attempt_fails)
     said = []
