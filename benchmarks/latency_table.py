@@ -2,8 +2,8 @@
 
 Runs `dossr_cli.bench.run_bench` (what `dossr bench --json` prints) over a grid, appends
 one JSON line per configuration to OUT.jsonl, and writes OUT.md (a Markdown table) and,
-when matplotlib is installed, OUT.png (latency per image against output pixels, one line
-per steps x batch).
+when matplotlib is installed, OUT.png (latency per image against output size, one line
+per model x steps x batch).
 
     python benchmarks/latency_table.py --config tiny --out benchmarks/results/cpu-tiny
     python benchmarks/latency_table.py --config full --sizes 64,128 --steps 1,5 --batches 1 \\
@@ -82,18 +82,21 @@ def plot(rows: list[dict], path: Path) -> bool:
     series: dict[tuple, list[tuple[int, float]]] = {}
     for r in rows:
         series.setdefault((r["model"], r["steps"], r["batch"]), []).append(
-            (r["output_size"] ** 2, r["latency_p50_s"] / r["batch"]))
+            (r["output_size"], r["latency_p50_s"] / r["batch"]))
     for (model, steps, batch), points in sorted(series.items()):
         points.sort()
-        axes.plot([p[0] / 1e6 for p in points], [p[1] for p in points], marker="o",
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o",
                   label=f"{model}, {steps} steps, batch {batch}")
-    axes.set_xlabel("output megapixels")
-    axes.set_ylabel("seconds per image (p50)")
-    axes.set_xscale("log")
+    sides = sorted({r["output_size"] for r in rows})
+    axes.set_xscale("log", base=2)
     axes.set_yscale("log")
-    axes.grid(True, which="both", alpha=0.3)
+    axes.set_xticks(sides, [f"{side}²" for side in sides])
+    axes.minorticks_off()
+    axes.set_xlabel("output size (pixels)")
+    axes.set_ylabel("seconds per image (p50)")
+    axes.grid(True, which="major", alpha=0.3)
     axes.legend(fontsize=7)
-    axes.set_title(f"dossr bench: {rows[0]['device'][:48]}", fontsize=8)
+    axes.set_title(f"dossr bench, {rows[0]['device'].split(',')[0]}, {rows[0]['dtype']}", fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
     return True
