@@ -19,7 +19,7 @@ from dossr_cli.errors import UsageError
 if TYPE_CHECKING:
     from dossr_cli.batch.runner import Outcome
 
-ENGINES = ("local",)
+ENGINES = ("local", "ray")
 
 
 def batch(
@@ -31,7 +31,17 @@ def batch(
                                                       "(repeatable).")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Skip paths matching this glob "
                                                       "(repeatable).")] = None,
-    engine: Annotated[str, typer.Option("--engine", help="Where images run: local.")] = "local",
+    engine: Annotated[str, typer.Option("--engine", help="Where images run: local (this process) or ray (model "
+                                        "actors on a Ray cluster; pip install 'dossr[ray]').")] = "local",
+    address: Annotated[str | None, typer.Option("--address", help="With --engine ray: the Ray cluster to join "
+                                                "(default: $RAY_ADDRESS, else a Ray runtime started on this "
+                                                "machine).", show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="With --engine ray: model actors (default: one "
+                                                "per GPU, else one per CPU; at most one per image).",
+                                                show_default=False)] = None,
+    gpus_per_worker: Annotated[float | None, typer.Option("--gpus-per-worker", help="With --engine ray: GPUs each "
+                                                          "actor holds (default: 1 where the cluster has GPUs, else "
+                                                          "0: CPU actors).", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Run up to this many images of one size "
                                             "through the model together (0: auto, 4 on CUDA, else 1).")] = 0,
     scale: common.Scale = 4.0,
@@ -73,6 +83,14 @@ def batch(
         raise UsageError(f"--batch-size must be 0 (auto) or a positive number; got {batch_size}")
     if engine not in ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    if engine == "ray":
+        from dossr_cli.batch.ray_engine import check_options
+
+        check_options(workers, gpus_per_worker, batch_size)
+    else:
+        for option, value in (("--address", address), ("--workers", workers), ("--gpus-per-worker", gpus_per_worker)):
+            if value is not None:
+                raise UsageError(f"{option} needs --engine ray")
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder")
     root = folder.resolve()
@@ -94,7 +112,7 @@ def batch(
     bundle = common.find_weights(weights, download, quiet)
     model = common.weights_identity(bundle)  # other weights give other pixels: part of what makes an image done
     pipe = None
-    if not (outdir / JOURNAL_NAME).is_file():
+    if engine == "local" and not (outdir / JOURNAL_NAME).is_file():
         # A first run has everything to do: load the weights before the output folder and journal exist,
         # so that weights that cannot be loaded leave nothing behind.
         pipe = common.load_pipeline(bundle, device, dtype)
@@ -106,7 +124,22 @@ def batch(
             quiet)
         for outcome in outcomes:
             report(outcome)
-        if todo:
+        if todo and engine == "ray":
+            from dossr_cli.batch.ray_engine import run_ray
+
+            with progress_bars(len(todo), params.steps, quiet) as bars:
+                if bars.progress is not None:  # remote workers cannot stream solver steps: images only
+                    bars.progress.update(bars.solver, visible=False)
+
+                def finished_remotely(outcome: Outcome) -> None:
+                    bars.done_image()
+                    report(outcome)
+
+                outcomes += run_ray(bundle, device, dtype, todo, params, model, journal, overwrite, address, workers,
+                                    gpus_per_worker, on_start=lambda item: bars.start_image(item.rel),
+                                    on_outcome=finished_remotely,
+                                    notify=lambda message: say(f"dossr: note: {message}", quiet))
+        elif todo:
             if pipe is None:
                 pipe = common.load_pipeline(bundle, device, dtype)
             with progress_bars(len(todo), params.steps, quiet) as bars:

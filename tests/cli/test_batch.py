@@ -238,8 +238,8 @@ def test_deleted_output_is_redone(dossr, tree, done_once):
 
 
 def test_unknown_engine_is_a_usage_error(dossr, tree, tmp_path):
-    result = dossr("batch", tree, "-o", tmp_path / "out", "--engine", "ray")
-    assert result.code == 2 and result.error_lines == ["dossr: error: --engine must be one of local; got 'ray'"]
+    result = dossr("batch", tree, "-o", tmp_path / "out", "--engine", "spark")
+    assert result.code == 2 and result.error_lines == ["dossr: error: --engine must be one of local, ray; got 'spark'"]
     assert not (tmp_path / "out").exists()
 
 

@@ -1,0 +1,270 @@
+"""The Ray engine: the local engine's per-image job, run by long-lived model actors on a Ray cluster.
+
+Only *where* `runner.process_items` runs changes. The driver plans, keeps the journal (SQLite
+wants one writer on one host, so workers never open it) and reports; each actor loads the
+weights once from a bundle folder on storage every node shares and writes its outputs
+atomically into the shared output folder, so an image run again after a lost worker only
+ever replaces a whole file with the same bytes. Ray is imported inside the functions: this
+module imports without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dossr_cli.batch.job import UpscaleParams
+from dossr_cli.batch.journal import Journal
+from dossr_cli.batch.runner import BatchItem, Outcome, journal_params, process_items, record
+from dossr_cli.errors import DossrError, UsageError
+
+ATTEMPTS = 3  # an image whose worker dies this many times is reported failed, not retried for ever
+
+
+def require_ray() -> None:
+    """Ray is an optional extra: say how to get it, before anything is written."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise UsageError("--engine ray needs Ray: pip install 'dossr[ray]'") from None
+
+
+def check_options(workers: int | None, gpus_per_worker: float | None, batch_size: int) -> None:
+    require_ray()
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be a positive number; got {workers}")
+    if gpus_per_worker is not None and not gpus_per_worker >= 0:
+        raise UsageError(f"--gpus-per-worker must be 0 (CPU workers) or a positive number; got {gpus_per_worker}")
+    if batch_size > 1:
+        raise UsageError(f"--batch-size {batch_size}: Ray workers run one image at a time (the bytes of "
+                         "--batch-size 1); use --engine local to batch images")
+
+
+class Upscaler:
+    """One model per actor, loaded once; images one at a time, exactly as `--batch-size 1` runs them.
+
+    torch's CPU convolutions (oneDNN and MKL) split their sums by the number of threads, so
+    the last bits of a result, and now and then an 8-bit pixel, depend on it; Ray starts a
+    1-CPU actor with one thread. The actor runs with the driver's thread count instead, and
+    so writes the bytes the local engine writes on the same kind of machine.
+    """
+
+    def __init__(self, bundle: str, device: str, dtype: str, threads: int) -> None:
+        import torch
+
+        from dossr_cli.pipeline import DoSSRPipeline
+
+        torch.set_num_threads(threads)
+        self.error: DossrError | None = None
+        try:
+            self.pipe = DoSSRPipeline.from_pretrained(bundle, device=device, dtype=dtype)
+        except DossrError as error:  # handed to the driver by ready(), which stops the run with it
+            self.error = error
+
+    def ready(self) -> tuple[int, DossrError | None]:
+        return os.getpid(), self.error
+
+    def run(self, item: BatchItem, params: UpscaleParams, may_replace: bool) -> Outcome:
+        """`process_items` on one item; notes the pipeline would print (an out-of-memory retry) travel back."""
+        notes: list[str] = []
+        outcome = process_items(self.pipe, [item], params, [may_replace], notify=notes.append)[0]
+        return dataclasses.replace(outcome, notes=outcome.notes + tuple(notes))
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    item: BatchItem
+    may_replace: bool
+    existed: bool  # was the output there when the item first left?
+    number: int = 1
+
+
+def run_ray(bundle: Path, device: str, dtype: str, items: list[BatchItem], params: UpscaleParams, model: str,
+            journal: Journal, overwrite: bool, address: str | None = None, workers: int | None = None,
+            gpus_per_worker: float | None = None, on_start: Callable[[BatchItem], None] | None = None,
+            on_outcome: Callable[[Outcome], None] | None = None,
+            notify: Callable[[str], None] | None = None) -> list[Outcome]:
+    """Items on Ray actors, the journal updated around each in this process, as `run_local` does.
+
+    An item whose actor dies (the process killed, the node lost) goes to a fresh actor, up
+    to ATTEMPTS times. Joins the cluster at `address` (default $RAY_ADDRESS), else starts a
+    local runtime; a Ray this call started or joined is shut down when it returns.
+    """
+    import ray
+    import torch
+
+    threads = torch.get_num_threads()  # each actor's too (see Upscaler); a CPU actor holds that many CPUs
+    with _connected(address, (workers or 0) * threads):
+        count, gpus = _size(ray.cluster_resources(), workers, gpus_per_worker, threads, len(items))
+        options: dict[str, Any] = {"num_gpus": gpus} if gpus else {"num_cpus": threads}
+        actor_class = ray.remote(Upscaler).options(max_restarts=0, **options)
+        spawn_args = (str(bundle.resolve()), device, dtype, threads)
+        actors: list[Any] = []
+        starting: dict[Any, Any] = {}  # ready() reference -> its actor, until the weights are loaded
+        running: dict[Any, tuple[Any, _Attempt]] = {}  # run() reference -> (actor, attempt)
+        idle: list[Any] = []
+
+        def spawn() -> None:
+            actors.append(actor_class.remote(*spawn_args))
+            starting[actors[-1].ready.remote()] = actors[-1]
+
+        pixel = journal_params(params, model)
+        queue, retries = deque(items), deque[_Attempt]()
+        outcomes = []
+        try:
+            for _ in range(count):
+                spawn()
+            while queue or retries or running:
+                while idle and (queue or retries):
+                    attempt = retries.popleft() if retries else _first_attempt(queue.popleft(), journal, pixel,
+                                                                               overwrite, on_start)
+                    actor = idle.pop()
+                    running[actor.run.remote(attempt.item, params, attempt.may_replace)] = (actor, attempt)
+                done, _ = ray.wait([*starting, *running], num_returns=1, timeout=1.0)  # a timeout lets Ctrl-C in
+                for ref in done:
+                    if ref in starting:
+                        idle.append(_loaded(ray, ref, starting.pop(ref)))
+                        continue
+                    actor, attempt = running.pop(ref)
+                    try:
+                        outcome = ray.get(ref)
+                        idle.append(actor)
+                    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as died:
+                        ray.kill(actor)
+                        outcome = _lost(attempt, died, retries, notify)
+                        if queue or retries:
+                            spawn()
+                        if outcome is None:
+                            continue
+                    except ray.exceptions.RayTaskError as error:  # a bug, not a bad image: stop as run_local would
+                        raise error.cause from error
+                    record(journal, attempt.item, pixel, outcome)
+                    outcomes.append(outcome)
+                    if on_outcome:
+                        on_outcome(outcome)
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+    return outcomes
+
+
+def _loaded(ray: Any, ready: Any, actor: Any) -> Any:
+    """The actor once its weights are loaded; a load that failed stops the run, as it would locally."""
+    try:
+        _, error = ray.get(ready)
+    except ray.exceptions.RayActorError as died:
+        raise DossrError(f"a Ray worker could not start: {_first_line(died)}") from died
+    if error is not None:
+        raise error
+    return actor
+
+
+def _first_attempt(item: BatchItem, journal: Journal, pixel: dict, overwrite: bool,
+                   on_start: Callable[[BatchItem], None] | None) -> _Attempt:
+    """Marked running before it leaves, and allowed to replace what run_local would allow."""
+    if on_start:
+        on_start(item)
+    attempt = _Attempt(item, overwrite or journal.owns(item.output), item.output.exists())
+    journal.running(item.rel, item.sha256, pixel, item.output)
+    return attempt
+
+
+def _lost(attempt: _Attempt, died: Exception, retries: deque[_Attempt],
+          notify: Callable[[str], None] | None) -> Outcome | None:
+    """The item back in line for a fresh actor, or after ATTEMPTS lost workers its failed outcome.
+
+    The retry may replace what the lost attempt already wrote (the name was free when the item
+    left); a file that was there before and is not the batch's own stays protected.
+    """
+    if attempt.number >= ATTEMPTS:
+        return Outcome(attempt.item.rel, "failed", f"its Ray worker died {ATTEMPTS} times (last: {_first_line(died)})")
+    if notify:
+        notify(f"a Ray worker died while upscaling {attempt.item.rel}; running it again "
+               f"(attempt {attempt.number + 1} of {ATTEMPTS})")
+    retries.append(dataclasses.replace(attempt, may_replace=attempt.may_replace or not attempt.existed,
+                                       number=attempt.number + 1))
+    return None
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _size(resources: dict[str, float], workers: int | None, gpus_per_worker: float | None, threads: int,
+          items: int) -> tuple[int, float]:
+    """(actors, GPUs each): one per GPU where the cluster has GPUs, else one per `threads` CPUs (more
+    threads than cores only slows every actor down); never more actors than items.
+
+    Asking for more than the whole cluster holds is an error here rather than actors that wait for ever.
+    """
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    per_worker = gpus_per_worker if gpus_per_worker is not None else (1.0 if gpus else 0.0)
+    if per_worker:
+        fits, held = int(gpus // per_worker), f"{gpus:g} GPUs"
+    else:
+        fits, held = int(cpus // threads), f"{cpus:g} CPUs"
+    if fits < 1 or (workers is not None and workers > fits):
+        asked = [f"--workers {workers}"] if workers is not None else []
+        asked.append(f"--gpus-per-worker {per_worker:g}" if per_worker else
+                     f"{threads} CPUs per worker (torch's threads here)")
+        raise UsageError(f"{' with '.join(asked)} needs more than the Ray cluster has ({held})")
+    return min(workers or fits, items), per_worker
+
+
+@contextmanager
+def _connected(address: str | None, cpus_asked: int) -> Iterator[None]:
+    """Ray joined at `address` (or $RAY_ADDRESS), else a quiet local runtime with this machine's CPUs
+    (or the `cpus_asked` for, when more: --workers is honoured here); left again afterwards.
+
+    A Ray that was already initialised in this process (a notebook, the tests) is used as it is
+    and left running.
+    """
+    import ray
+
+    if ray.is_initialized():
+        with _cluster_errors_to_stderr():
+            yield
+        return
+    quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+    if address or os.environ.get("RAY_ADDRESS"):
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as error:  # Ray's message names the address
+            raise DossrError(f"cannot join the Ray cluster: {error}") from error
+    else:
+        # "local": a new runtime, not a `ray start` cluster this machine may have (--address auto joins that).
+        # Its workers run this interpreter: no `uv run` environment rebuilt in each one.
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, cpus_asked), **quiet)
+    try:
+        with _cluster_errors_to_stderr():
+            yield
+    finally:
+        ray.shutdown()
+
+
+@contextmanager
+def _cluster_errors_to_stderr() -> Iterator[None]:
+    """Ray's driver prints cluster errors (a worker that died) on stdout, where --json lines go; while a
+    batch runs they go to stderr. A private hook of Ray's: where a version lacks it, nothing changes."""
+    from ray._private import worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None:
+        yield
+        return
+    worker.print_to_stdstream = lambda data, *args, **kwargs: original({**data, "is_err": True}, *args, **kwargs)
+    try:
+        yield
+    finally:
+        worker.print_to_stdstream = original
+
+
+__all__ = ["ATTEMPTS", "Upscaler", "check_options", "require_ray", "run_ray"]

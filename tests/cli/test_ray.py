@@ -1,0 +1,287 @@
+"""`dossr batch --engine ray`: a real local Ray runtime, started once for the module, and the tiny weights.
+
+Ray starts slowly, so one runtime serves every test that needs it; the command runs in this
+process and finds it already initialised. Its 4 logical CPUs hold two CPU actors, each with
+torch's 2 threads of this process (tests/conftest.py), the same as the local engine's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dossr_cli.batch.journal import JOURNAL_NAME
+
+from .helpers import batch_summary, decode, dossr_command, files_in, run_in_process, save, smooth_image, subprocess_env
+
+SIZES = {"a": (64, 64), "b": (48, 80), "c": (16, 24)}  # 64 x 64 is large enough for thread counts to show
+# --tile-size auto tiles by the free memory where an image runs, which changes from moment to moment
+# (page cache counts as used): a fixed budget takes that out of the comparison of engines.
+SAME_TILES = ("--max-memory", "8GB")
+
+
+@pytest.fixture(scope="module")
+def ray_runtime(tmp_path_factory):
+    ray = pytest.importorskip("ray")
+    with pytest.MonkeyPatch.context() as patch:  # the workers inherit this environment when Ray starts
+        patch.setenv("DOSSR_CACHE_DIR", str(tmp_path_factory.mktemp("ray-worker-cache")))
+        patch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        patch.delenv("RAY_ADDRESS", raising=False)
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray") / "in"
+    for key, (height, width) in SIZES.items():
+        save(smooth_image(height, width, key), root / f"{key}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ray_run(ray_runtime, images, tiny_weights, verified_cache):
+    """One finished Ray batch over `images` (2 steps), and its result."""
+    out = images.parent / "ray_out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DOSSR_CACHE_DIR", verified_cache)
+        result = run_in_process(["batch", images, "-o", out, "--engine", "ray", "--weights", tiny_weights,
+                                 "--steps", 2, "--json", *SAME_TILES])
+    assert result.code == 0, result.stderr
+    return out, result
+
+
+def outputs(folder: Path) -> set[str]:
+    return {name for name in files_in(folder) if not name.startswith(".dossr-journal")}
+
+
+def journal_rows(folder: Path) -> dict[str, str]:
+    with contextlib.closing(sqlite3.connect(folder / JOURNAL_NAME)) as db:
+        return dict(db.execute("SELECT input, status FROM jobs").fetchall())
+
+
+def records(stdout: bytes, out: Path) -> list[tuple[str, str, str]]:
+    """The --json lines, sorted, with the output folder's name left out."""
+    lines = [json.loads(line) for line in stdout.decode().splitlines()]
+    return sorted((r["input"], r["status"], r["output"].removeprefix(str(out))) for r in lines)
+
+
+def test_same_bytes_and_reports_as_the_local_engine(dossr, ray_run, images, tmp_path):
+    ray_out, ray_result = ray_run
+    local = dossr("batch", images, "-o", tmp_path / "local", "--batch-size", 1, "--steps", 2, "--json", *SAME_TILES)
+    assert local.code == 0, local.stderr
+    assert outputs(ray_out) == outputs(tmp_path / "local") == {f"{key}_x4.png" for key in SIZES}
+    for name in outputs(ray_out):
+        if (ray_out / name).read_bytes() != (tmp_path / "local" / name).read_bytes():  # DEBUG
+            import shutil
+            shutil.copytree(ray_out, f"/tmp/rayfail/{time.time()}/ray")
+            shutil.copytree(tmp_path / "local", f"/tmp/rayfail/{time.time()}/local")
+            (Path("/tmp/rayfail") / f"{time.time()}.txt").write_text(ray_result.stderr + local.stderr + str(ray_result.stdout) + str(local.stdout))
+        assert (ray_out / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    assert records(ray_result.stdout, ray_out) == records(local.stdout, tmp_path / "local")
+    assert batch_summary(ray_result.stderr) == batch_summary(local.stderr) == {"done": 3, "skipped": 0, "failed": 0}
+    assert journal_rows(ray_out) == {f"{key}.png": "done" for key in SIZES}
+
+
+def test_a_rerun_does_no_work(dossr, ray_run, images, monkeypatch):
+    ray_out, _ = ray_run
+    before = {name: (ray_out / name).stat().st_mtime_ns for name in outputs(ray_out)}
+    import ray
+
+    monkeypatch.setattr(ray, "remote", lambda *args, **kwargs: pytest.fail("a re-run with nothing to do made actors"))
+    again = dossr("batch", images, "-o", ray_out, "--engine", "ray", "--steps", 2, "--json", *SAME_TILES)
+    assert again.code == 0, again.stderr
+    assert {json.loads(line)["status"] for line in again.stdout.decode().splitlines()} == {"skipped"}
+    assert batch_summary(again.stderr) == {"done": 0, "skipped": 3, "failed": 0}
+    assert {name: (ray_out / name).stat().st_mtime_ns for name in outputs(ray_out)} == before
+
+
+def upscaler_pids(title: str) -> list[int]:
+    """Processes whose title Ray set to `title` (an actor shows ray::Class.method while it runs one)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(title.encode()):
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the actor's process through /proc")
+def test_a_worker_killed_mid_run_loses_no_image(dossr, ray_runtime, tmp_path):
+    root, out = tmp_path / "in", tmp_path / "out"
+    names = [f"i{n}" for n in range(4)]
+    for name in names:
+        save(smooth_image(64, 64, name), root / f"{name}.png")
+    killed = []
+
+    def kill_a_busy_worker() -> None:  # once the first image is out, the actors are loaded and working
+        deadline = time.monotonic() + 120
+        while not killed and time.monotonic() < deadline:
+            busy = upscaler_pids("ray::Upscaler.run") if any(out.glob("*.png")) else []
+            if busy:
+                os.kill(busy[0], signal.SIGKILL)
+                killed.append(busy[0])
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
+    killer.start()
+    result = dossr("batch", root, "-o", out, "--engine", "ray", "--json")
+    killer.join()
+    assert killed and result.code == 0, result.stderr
+    assert "a Ray worker died while upscaling" in result.stderr
+    assert [json.loads(line)["status"] for line in result.stdout.decode().splitlines()] == ["done"] * 4
+    assert outputs(out) - {name for name in outputs(out) if name.startswith(".")} == {f"{n}_x4.png" for n in names}
+    # a process killed while writing leaves its hidden temporary, never a partial output
+    assert all(name.startswith(".") and "_x4.png" in name for name in outputs(out) if name.startswith("."))
+    for name in names:
+        assert decode(out / f"{name}_x4.png").size == (256, 256)
+    assert journal_rows(out) == {f"{n}.png": "done" for n in names}
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process under `pid`: a local Ray's head processes and their workers."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="follows the child's processes through /proc")
+def test_ctrl_c_ends_with_130_and_stops_the_ray_it_started(ray_runtime, tiny_weights, tmp_path):
+    """A real subprocess, which starts a Ray of its own: after the interrupt none of its processes is left."""
+    for n in range(8):
+        save(smooth_image(64, 64, f"k{n}"), tmp_path / "in" / f"k{n}.png")
+    child = subprocess.Popen(dossr_command("batch", tmp_path / "in", "-o", tmp_path / "out", "--engine", "ray",
+                                           "--weights", tiny_weights, "--steps", 1, "--json"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
+    try:
+        assert select.select([child.stdout], [], [], 120)[0] and child.stdout.readline()  # Ray is up and working
+        ray_processes = descendants(child.pid)
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 130, stderr.decode()
+    assert "dossr: interrupted" in stderr.decode() and "Traceback" not in stderr.decode()
+    assert ray_processes
+    deadline = time.monotonic() + 15
+    while any(map(alive, ray_processes)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(alive, ray_processes)), "the interrupted run left Ray processes behind"
+
+
+def test_without_ray_a_one_line_usage_error(dossr, images, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    result = dossr("batch", images, "-o", tmp_path / "out", "--engine", "ray")
+    assert result.code == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == ["dossr: error: --engine ray needs Ray: pip install 'dossr[ray]'"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--address", "auto"], "--address needs --engine ray"),
+    (["--workers", "2"], "--workers needs --engine ray"),
+    (["--engine", "local", "--gpus-per-worker", "1"], "--gpus-per-worker needs --engine ray"),
+])
+def test_ray_options_need_the_ray_engine(dossr, images, tmp_path, options, message):
+    result = dossr("batch", images, "-o", tmp_path / "out", *options)
+    assert result.code == 2 and result.error_lines == [f"dossr: error: {message}"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--workers", "0"], "--workers must be a positive number; got 0"),
+    (["--gpus-per-worker", "-1"], "--gpus-per-worker must be 0 (CPU workers) or a positive number; got -1.0"),
+    (["--batch-size", "4"], "--batch-size 4: Ray workers run one image at a time"),
+])
+def test_bad_ray_options(dossr, images, tmp_path, options, message):
+    pytest.importorskip("ray")
+    result = dossr("batch", images, "-o", tmp_path / "out", "--engine", "ray", *options)
+    assert result.code == 2 and len(result.error_lines) == 1 and result.error_lines[0].startswith(
+        f"dossr: error: {message}")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--workers", "3"], ("--workers 3 with 2 CPUs per worker (torch's threads here) needs more than the Ray "
+                          "cluster has (4 CPUs)")),
+    (["--gpus-per-worker", "1"], "--gpus-per-worker 1 needs more than the Ray cluster has (0 GPUs)"),
+])
+def test_more_workers_than_the_cluster_holds(dossr, ray_runtime, images, tmp_path, options, message):
+    result = dossr("batch", images, "-o", tmp_path / "out", "--engine", "ray", *options)
+    assert result.code == 2 and result.error_lines == [f"dossr: error: {message}"]
+
+
+def test_weights_a_worker_cannot_load_stop_the_run_with_its_error(ray_runtime, images, tmp_path):
+    """The bundle must be on storage every node shares; a worker that cannot find it says so."""
+    from dossr_cli.batch.journal import Journal
+    from dossr_cli.batch.params import UpscaleParams
+    from dossr_cli.batch.ray_engine import run_ray
+    from dossr_cli.batch.runner import BatchItem
+    from dossr_cli.errors import DossrError
+
+    item = BatchItem(images / "a.png", "a.png", tmp_path / "out" / "a_x4.png", None, "0" * 64)
+    journal = Journal(tmp_path / "out")
+    try:
+        with pytest.raises(DossrError, match="no such file or folder"):
+            run_ray(tmp_path / "not-shared", "auto", "auto", [item], UpscaleParams(steps=1), "m", journal, False)
+    finally:
+        journal.close()
+    assert not (tmp_path / "out" / "a_x4.png").exists()
+
+
+def test_an_image_whose_worker_keeps_dying_fails_after_a_few_attempts():
+    from collections import deque
+
+    from dossr_cli.batch.ray_engine import ATTEMPTS, _Attempt, _lost
+    from dossr_cli.batch.runner import BatchItem
+
+    item = BatchItem(Path("in/a.png"), "a.png", Path("out/a_x4.png"), None, "0" * 64)
+    retries, notes = deque(), []
+    attempt = _Attempt(item, may_replace=False, existed=False)
+    while (outcome := _lost(attempt, RuntimeError("killed\nmore"), retries, notes.append)) is None:
+        attempt = retries.popleft()
+        assert attempt.may_replace  # the name was free when it first left: what a lost attempt wrote is ours
+    assert attempt.number == ATTEMPTS and len(notes) == ATTEMPTS - 1
+    assert outcome.status == "failed" and outcome.detail == f"its Ray worker died {ATTEMPTS} times (last: killed)"
+
+
+@pytest.mark.parametrize(("resources", "workers", "gpus_per_worker", "expected"), [
+    ({"CPU": 64.0, "GPU": 8.0}, None, None, (8, 1.0)),  # one actor per GPU
+    ({"CPU": 64.0, "GPU": 8.0}, None, 0.5, (16, 0.5)),
+    ({"CPU": 64.0, "GPU": 8.0}, None, 0.0, (16, 0.0)),  # CPU actors, 4 threads each
+    ({"CPU": 16.0}, 2, None, (2, 0.0)),
+    ({"CPU": 64.0, "GPU": 8.0}, 3, None, (3, 1.0)),
+])
+def test_how_many_actors(resources, workers, gpus_per_worker, expected):
+    from dossr_cli.batch.ray_engine import _size
+
+    assert _size(resources, workers, gpus_per_worker, threads=4, items=100) == expected
+    assert _size(resources, workers, gpus_per_worker, threads=4, items=2)[0] == 2  # never more actors than images
