@@ -68,8 +68,8 @@ class Upscaler:
         except DossrError as error:  # handed to the driver by ready(), which stops the run with it
             self.error = error
 
-    def ready(self) -> tuple[int, DossrError | None]:
-        return os.getpid(), self.error
+    def ready(self) -> DossrError | None:
+        return self.error
 
     def run(self, item: BatchItem, params: UpscaleParams, may_replace: bool) -> Outcome:
         """`process_items` on one item; notes the pipeline would print (an out-of-memory retry) travel back."""
@@ -105,7 +105,8 @@ def run_ray(bundle: Path, device: str, dtype: str, items: list[BatchItem], param
         count, gpus = _size(ray.cluster_resources(), workers, gpus_per_worker, threads, len(items))
         options: dict[str, Any] = {"num_gpus": gpus} if gpus else {"num_cpus": threads}
         actor_class = ray.remote(Upscaler).options(max_restarts=0, **options)
-        spawn_args = (str(bundle.resolve()), device, dtype, threads)
+        # a CPU actor computes on the CPU even where its node has a GPU it holds none of
+        spawn_args = (str(bundle.resolve()), device if gpus or device != "auto" else "cpu", dtype, threads)
         actors: list[Any] = []
         starting: dict[Any, Any] = {}  # ready() reference -> its actor, until the weights are loaded
         running: dict[Any, tuple[Any, _Attempt]] = {}  # run() reference -> (actor, attempt)
@@ -158,7 +159,7 @@ def run_ray(bundle: Path, device: str, dtype: str, items: list[BatchItem], param
 def _loaded(ray: Any, ready: Any, actor: Any) -> Any:
     """The actor once its weights are loaded; a load that failed stops the run, as it would locally."""
     try:
-        _, error = ray.get(ready)
+        error = ray.get(ready)
     except ray.exceptions.RayActorError as died:
         raise DossrError(f"a Ray worker could not start: {_first_line(died)}") from died
     if error is not None:
@@ -220,8 +221,8 @@ def _size(resources: dict[str, float], workers: int | None, gpus_per_worker: flo
 
 @contextmanager
 def _connected(address: str | None, cpus_asked: int) -> Iterator[None]:
-    """Ray joined at `address` (or $RAY_ADDRESS), else a quiet local runtime with this machine's CPUs
-    (or the `cpus_asked` for, when more: --workers is honoured here); left again afterwards.
+    """Ray joined at `address` (or $RAY_ADDRESS), else a quiet local runtime of this machine's CPUs
+    (more if `cpus_asked` says so: there --workers is taken as asked); left again afterwards.
 
     A Ray that was already initialised in this process (a notebook, the tests) is used as it is
     and left running.
@@ -254,8 +255,10 @@ def _connected(address: str | None, cpus_asked: int) -> Iterator[None]:
 def _cluster_errors_to_stderr() -> Iterator[None]:
     """Ray's driver prints cluster errors (a worker that died) on stdout, where --json lines go; while a
     batch runs they go to stderr. A private hook of Ray's: where a version lacks it, nothing changes."""
-    from ray._private import worker
-
+    try:
+        from ray._private import worker
+    except ImportError:
+        worker = None
     original = getattr(worker, "print_to_stdstream", None)
     if original is None:
         yield

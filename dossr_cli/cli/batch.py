@@ -32,13 +32,13 @@ def batch(
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Skip paths matching this glob "
                                                       "(repeatable).")] = None,
     engine: Annotated[str, typer.Option("--engine", help="Where images run: local (this process) or ray (model "
-                                        "actors on a Ray cluster; pip install 'dossr[ray]').")] = "local",
+                                        "actors on a Ray cluster; pip install 'dossr\\[ray]').")] = "local",
     address: Annotated[str | None, typer.Option("--address", help="With --engine ray: the Ray cluster to join "
                                                 "(default: $RAY_ADDRESS, else a Ray runtime started on this "
                                                 "machine).", show_default=False)] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="With --engine ray: model actors (default: one "
-                                                "per GPU, else one per CPU; at most one per image).",
-                                                show_default=False)] = None,
+                                                "per GPU; without GPUs, one per as many CPUs as torch has threads "
+                                                "here; at most one per image).", show_default=False)] = None,
     gpus_per_worker: Annotated[float | None, typer.Option("--gpus-per-worker", help="With --engine ray: GPUs each "
                                                           "actor holds (default: 1 where the cluster has GPUs, else "
                                                           "0: CPU actors).", show_default=False)] = None,

@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dossr_cli.batch.journal import JOURNAL_NAME
@@ -68,6 +69,10 @@ def outputs(folder: Path) -> set[str]:
     return {name for name in files_in(folder) if not name.startswith(".dossr-journal")}
 
 
+def pixel_difference(a: bytes, b: bytes) -> int:
+    return int(np.abs(np.asarray(decode(a), dtype=int) - np.asarray(decode(b), dtype=int)).max())
+
+
 def journal_rows(folder: Path) -> dict[str, str]:
     with contextlib.closing(sqlite3.connect(folder / JOURNAL_NAME)) as db:
         return dict(db.execute("SELECT input, status FROM jobs").fetchall())
@@ -84,13 +89,9 @@ def test_same_bytes_and_reports_as_the_local_engine(dossr, ray_run, images, tmp_
     local = dossr("batch", images, "-o", tmp_path / "local", "--batch-size", 1, "--steps", 2, "--json", *SAME_TILES)
     assert local.code == 0, local.stderr
     assert outputs(ray_out) == outputs(tmp_path / "local") == {f"{key}_x4.png" for key in SIZES}
-    for name in outputs(ray_out):
-        if (ray_out / name).read_bytes() != (tmp_path / "local" / name).read_bytes():  # DEBUG
-            import shutil
-            shutil.copytree(ray_out, f"/tmp/rayfail/{time.time()}/ray")
-            shutil.copytree(tmp_path / "local", f"/tmp/rayfail/{time.time()}/local")
-            (Path("/tmp/rayfail") / f"{time.time()}.txt").write_text(ray_result.stderr + local.stderr + str(ray_result.stdout) + str(local.stdout))
-        assert (ray_out / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    for name in sorted(outputs(ray_out)):
+        remote, here = (ray_out / name).read_bytes(), (tmp_path / "local" / name).read_bytes()
+        assert remote == here, f"{name}: pixels differ by up to {pixel_difference(remote, here)}"
     assert records(ray_result.stdout, ray_out) == records(local.stdout, tmp_path / "local")
     assert batch_summary(ray_result.stderr) == batch_summary(local.stderr) == {"done": 3, "skipped": 0, "failed": 0}
     assert journal_rows(ray_out) == {f"{key}.png": "done" for key in SIZES}
