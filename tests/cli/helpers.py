@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -53,6 +54,12 @@ def subprocess_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def default_sigint() -> None:
+    """For Popen's preexec_fn: a child started from a shell's background job inherits SIGINT ignored, and
+    Python then keeps it ignored; the Ctrl-C tests need the child to hear it as a terminal's child would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def dossr_command(*args: object) -> list[str]:

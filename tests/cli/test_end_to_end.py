@@ -22,7 +22,17 @@ import pytest
 import dossr_cli
 from dossr_cli.batch.journal import JOURNAL_NAME
 
-from .helpers import batch_summary, decode, dossr_command, files_in, run_subprocess, save, smooth_image, subprocess_env
+from .helpers import (
+    batch_summary,
+    decode,
+    default_sigint,
+    dossr_command,
+    files_in,
+    run_subprocess,
+    save,
+    smooth_image,
+    subprocess_env,
+)
 
 ESCAPE = "\x1b"
 
@@ -110,7 +120,7 @@ def test_ctrl_c_exits_130_and_leaves_nothing(tiny_weights, tmp_path):
     process = subprocess.Popen(dossr_command("upscale", source, "-o", out / "big.png", "--weights", tiny_weights,
                                              "--steps", "40"),
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
-                               env={**subprocess_env(), "TERM": "xterm", "COLUMNS": "100"})
+                               env={**subprocess_env(), "TERM": "xterm", "COLUMNS": "100"}, preexec_fn=default_sigint)  # noqa: PLW1509
     os.close(slave)
     terminal = TerminalReader(master)
     try:

@@ -25,7 +25,17 @@ import pytest
 
 from dossr_cli.batch.journal import JOURNAL_NAME
 
-from .helpers import batch_summary, decode, dossr_command, files_in, run_in_process, save, smooth_image, subprocess_env
+from .helpers import (
+    batch_summary,
+    decode,
+    default_sigint,
+    dossr_command,
+    files_in,
+    run_in_process,
+    save,
+    smooth_image,
+    subprocess_env,
+)
 
 SIZES = {"a": (64, 64), "b": (48, 80), "c": (16, 24)}  # 64 x 64 is large enough for thread counts to show
 # --tile-size auto tiles by the free memory where an image runs, which changes from moment to moment
@@ -181,7 +191,8 @@ def test_ctrl_c_ends_with_130_and_stops_the_ray_it_started(ray_runtime, tiny_wei
         save(smooth_image(64, 64, f"k{n}"), tmp_path / "in" / f"k{n}.png")
     child = subprocess.Popen(dossr_command("batch", tmp_path / "in", "-o", tmp_path / "out", "--engine", "ray",
                                            "--weights", tiny_weights, "--steps", 1, "--json"),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env(),
+                             preexec_fn=default_sigint)  # noqa: PLW1509 - only signal.signal
     try:
         assert select.select([child.stdout], [], [], 120)[0] and child.stdout.readline()  # Ray is up and working
         ray_processes = descendants(child.pid)
