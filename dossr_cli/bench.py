@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -167,7 +168,7 @@ def run_bench(pipe: DoSSRPipeline, size: int = 128, steps: int = 5, order: int =
             on_run(warmup + i + 1, warmup + runs)
     names = list(stage_runs[0])
     stages = {name: statistics.fmean(run.get(name, 0.0) for run in stage_runs) / batch for name in names}
-    p50, p90 = _percentile(latencies, 50), _percentile(latencies, 90)
+    p50, p90 = (float(q) for q in np.percentile(latencies, [50, 90]))
     flops = sum(network_flops(pipe.config, batch, size, size, steps, pipe.shared_encoder).values())
     name = device_name(pipe.device)
     peak = peak_tflops(name, pipe.dtype)
@@ -180,15 +181,6 @@ def run_bench(pipe: DoSSRPipeline, size: int = 128, steps: int = 5, order: int =
         latency_p50_s=p50, latency_p90_s=p90, images_per_s=batch / p50, peak_memory_bytes=device_peak,
         peak_host_memory_bytes=host, tflop_per_image=flops / batch / 1e12, tflops=tflops, peak_tflops=peak,
         peak_share=None if peak is None else tflops / peak, stages=stages, latencies_s=latencies)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 __all__ = ["PEAK_TFLOPS", "BenchResult", "bench_input", "network_flops", "peak_tflops",
