@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-COLOR_FIXES = ("wavelet", "adain", "none")
+from dossr_cli.choices import COLOR_FIXES
+
 WAVELET_LEVELS = 5
 
 

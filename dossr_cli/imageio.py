@@ -62,7 +62,7 @@ _PILLOW_FORMATS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "WEBP": "webp", "T
 _PILLOW_OPENERS = ["PNG", "JPEG", "WEBP", "TIFF", "BMP"]  # no other parser sees untrusted bytes
 _EXTENSIONS = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "jpe": "jpg", "jfif": "jpg", "webp": "webp",
                "tif": "tiff", "tiff": "tiff", "bmp": "bmp"}
-_MAX_SIDE = {"jpg": 65_535, "webp": 16_383, "bmp": 2**31 - 1, "png": 2**31 - 1, "tiff": 2**32 - 1}
+MAX_SIDE = {"jpg": 65_535, "webp": 16_383, "bmp": 2**31 - 1, "png": 2**31 - 1, "tiff": 2**32 - 1}
 _KNOWN_OTHERS = ((b"GIF8", "a GIF"), (b"8BPS", "a Photoshop PSD"), (b"%PDF", "a PDF"), (b"\xff\x0a", "a JPEG XL"),
                  (b"\x00\x00\x00\x0cJXL ", "a JPEG XL"), (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000"))
 _FULL_PRECISION_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # Pillow keeps these at 16+ bits
@@ -552,8 +552,8 @@ def encode_image(rgb: np.ndarray, alpha: np.ndarray | None, format: str, *, bit_
         alpha = np.asarray(alpha)
         _check_alpha_shape(rgb, alpha)
     height, width = rgb.shape[:2]
-    if max(height, width) > _MAX_SIDE[format]:
-        raise ImageWriteError(f"{format} cannot store {width}x{height} (at most {_MAX_SIDE[format]} px a side); "
+    if max(height, width) > MAX_SIDE[format]:
+        raise ImageWriteError(f"{format} cannot store {width}x{height} (at most {MAX_SIDE[format]} px a side); "
                               "choose png or tiff")
     bad = int(np.count_nonzero(~np.isfinite(rgb)))
     if alpha is not None:

@@ -47,13 +47,44 @@ BYTES_PER_PIXEL = {2: 1536, 4: 3072}
 
 
 def available_memory(device: torch.device) -> int:
-    """Free device memory (CUDA), else free RAM: what a tile may use."""
+    """Free device memory (CUDA), else the RAM this process can have: what a tile may use."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    return host_available_memory()
+
+
+def host_available_memory(meminfo: str | Path = "/proc/meminfo", cgroup: str | Path = "/sys/fs/cgroup") -> int:
+    """The kernel's MemAvailable (free plus reclaimable cache: what it can give without swapping), capped
+    by a container's cgroup limit. Not SC_AVPHYS_PAGES: that counts cache as used, so it swings with every
+    file read and the same command would tile one moment and not the next."""
+    available = None
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:  # not Linux: what the C library says
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            available = 8 << 30
+    left = _cgroup_memory_left(Path(cgroup))
+    return min(available, left) if left is not None else available
+
+
+def _cgroup_memory_left(root: Path) -> int | None:
+    """limit - usage of this process's memory cgroup (v2, else v1); None without a limit."""
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            limit, usage = (root / limit_file).read_text().strip(), (root / usage_file).read_text().strip()
+            if limit == "max" or int(limit) >= 1 << 60:  # v1 writes "no limit" as a huge number
+                return None
+            return max(int(limit) - int(usage), 0)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def auto_tile_size(height: int, width: int, dtype: torch.dtype, budget: int) -> int | None:
@@ -292,9 +323,11 @@ class DoSSRPipeline:
             raise ValueError(f"got {len(seeds)} seeds for {lq.shape[0]} images")
         out_size = size if size is not None else output_size(*lq.shape[-2:], scale)
         height, width = lq.shape[-2] * self.config.upscale, lq.shape[-1] * self.config.upscale
-        if tile_size == "auto":
+        if tile_size == "auto":  # from the padded size: what the networks work on
             budget = max_memory if max_memory is not None else available_memory(self.device) // 2
-            tile_size = auto_tile_size(height * lq.shape[0], width, self.dtype, budget)
+            multiple = self.config.pixel_multiple
+            tile_size = auto_tile_size(-(-height // multiple) * multiple * lq.shape[0],
+                                       -(-width // multiple) * multiple, self.dtype, budget)
         elif isinstance(tile_size, str):
             raise ValueError(f"tile_size must be a number of pixels, 'auto' or None; got {tile_size!r}")
         lq = lq.to(self.device, self.dtype)

@@ -12,14 +12,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from dossr_cli.choices import ORDERS
 from dossr_cli.schedule import CoefficientTable
 
 # data_prediction(z, k) -> x0 estimate at schedule index k (timestep table.timesteps[k])
 DataPrediction = Callable[[torch.Tensor, int], torch.Tensor]
 # called once per network call, with the number of calls done so far and the total
 StepCallback = Callable[[int, int], None]
-
-ORDERS = (1, 2, 3)
 
 
 def dos_sde_sample(

@@ -24,7 +24,6 @@ from dossr_cli.solver import StepCallback
 __all__ = ["DEFAULT_SEED", "JobResult", "UpscaleParams", "compare_picture", "run_job", "run_jobs"]
 
 
-
 @dataclass(frozen=True)
 class JobResult:
     data: bytes  # the encoded output image
@@ -106,7 +105,8 @@ def run_jobs(pipe: DoSSRPipeline, sources: Sequence[Path | bytes], params: Upsca
              tile_callback: Callable[[int, int], None] | None = None) -> list[JobResult | DossrError]:
     """Several images; those of one size go through the model as one batch.
 
-    A failure stays with its image: the list holds each image's result or its error.
+    A failure stays with its image: the list holds each image's result or its error. Every limit
+    (output pixels, the format's largest side) is checked on the decoded size before any network runs.
     Batched and single runs agree to float precision (~1e-6), so a rare 8-bit pixel
     may round the other way; `--batch-size 1` gives exactly `dossr upscale`'s bytes.
     """
@@ -114,7 +114,10 @@ def run_jobs(pipe: DoSSRPipeline, sources: Sequence[Path | bytes], params: Upsca
     decoded: dict[int, imageio.DecodedImage] = {}
     for i, source in enumerate(sources):
         try:
-            decoded[i] = imageio.read_image(source, max_pixels=params.max_pixels)
+            image = imageio.read_image(source, max_pixels=params.max_pixels)
+            params.check_cost(*image.rgb.shape[:2], out_formats[i] or params.format or image.format,
+                              pipe.config.upscale, pipe.config.pixel_multiple)
+            decoded[i] = image
         except DossrError as error:
             results[i] = error
     groups: dict[tuple[int, int], list[int]] = {}

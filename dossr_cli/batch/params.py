@@ -12,11 +12,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from dossr_cli import imageio
-from dossr_cli.errors import UsageError
+from dossr_cli.choices import COLOR_FIXES, ORDERS, SEED_RANGE
+from dossr_cli.errors import DossrError, UsageError
 from dossr_cli.schedule import DEFAULT_T1, MAX_STEPS
 
 DEFAULT_SEED = 42  # the authors' script seeds everything with 42
 METADATA_MODES = ("all", "icc", "none")
+DEFAULT_MAX_OUTPUT_PIXELS = 512_000_000  # a 32-megapixel photo at x4
+# The networks work on the x4 image padded to a multiple of 64 pixels; an image under 16 pixels
+# on a side pays for the padding. Past this many times its own area, and this much work, it is refused.
+MAX_PADDING_FACTOR = 4
+PADDING_FLOOR = 1_000_000
+
+
+class JobTooLargeError(DossrError):
+    """An image whose output, or the work to make it, is past a limit: refused before any network runs."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class UpscaleParams:
     tile_size: int | str = "auto"  # pixels of the x4 image; "auto" from free memory; 0 never tiles
     tile_overlap: int | None = None  # pixels; None: 256, or half a smaller tile
     max_memory: int | None = None  # bytes a tile may use, for "auto" (default: half the free memory)
+    max_output_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS  # of the output, and of the x4 image worked on
 
     def validate(self) -> UpscaleParams:
         """Every option checked where it enters, the error naming the option and what is allowed."""
@@ -46,9 +57,6 @@ class UpscaleParams:
         for option, value in (("--width", self.width), ("--height", self.height)):
             if value is not None and value < 1:
                 raise UsageError(f"{option} must be a positive number of pixels; got {value}")
-        from dossr_cli.colorfix import COLOR_FIXES  # imported here: they bring torch, which --help need not wait for
-        from dossr_cli.solver import ORDERS
-
         if not 1 <= self.steps <= MAX_STEPS:
             raise UsageError(f"--steps must be in 1..{MAX_STEPS}; got {self.steps}")
         if self.order not in ORDERS:
@@ -63,8 +71,11 @@ class UpscaleParams:
             raise UsageError(f"--quality must be in 1..100; got {self.quality}")
         if self.metadata not in METADATA_MODES:
             raise UsageError(f"--metadata must be one of {', '.join(METADATA_MODES)}; got {self.metadata!r}")
-        if self.max_pixels is not None and self.max_pixels < 1:
-            raise UsageError(f"--max-pixels must be a positive number of pixels; got {self.max_pixels}")
+        if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise UsageError(f"--seed must be in {SEED_RANGE[0]}..{SEED_RANGE[1]} (64 bits); got {self.seed}")
+        for option, value in (("--max-pixels", self.max_pixels), ("--max-output-pixels", self.max_output_pixels)):
+            if value is not None and value < 1:
+                raise UsageError(f"{option} must be a positive number of pixels; got {value}")
         if self.tile_size != "auto" and (not isinstance(self.tile_size, int) or self.tile_size < 0
                                          or self.tile_size % 64):
             raise UsageError(f"--tile-size must be auto, 0 (no tiling) or a multiple of 64 pixels (the UNet halves "
@@ -99,6 +110,31 @@ class UpscaleParams:
 
         return output_size(height, width, self.scale)
 
+    def check_cost(self, height: int, width: int, format: str, upscale: int = 4, multiple: int = 64) -> None:
+        """Refuse, before any network runs, an image whose output the format cannot hold, or whose output
+        or work (the x4 image padded to `multiple`, what the networks process) is past the limits."""
+        out_h, out_w = self.target_size(height, width)
+        side = imageio.MAX_SIDE.get(format)
+        if side is not None and max(out_h, out_w) > side:
+            raise JobTooLargeError(f"the output would be {out_w}x{out_h} and {format} holds at most {side} pixels a "
+                                   f"side: use --format png or tiff, or a smaller --scale")
+        x4_h, x4_w = height * upscale, width * upscale
+        work = -(-x4_h // multiple) * multiple * (-(-x4_w // multiple) * multiple)
+        limit = self.max_output_pixels
+        if limit is not None and out_h * out_w > limit:
+            raise JobTooLargeError(f"the output would be {out_w}x{out_h} = {_mpx(out_h * out_w)}, over the "
+                                   f"{_mpx(limit)} limit: pass --max-output-pixels {out_h * out_w} (or more) if "
+                                   f"you mean it, or use a smaller --scale")
+        if limit is not None and x4_h * x4_w > limit:
+            raise JobTooLargeError(f"the model works on the x{upscale} image, {x4_w}x{x4_h} = {_mpx(x4_h * x4_w)}, "
+                                   f"over the {_mpx(limit)} limit: pass --max-output-pixels {x4_h * x4_w} (or more) "
+                                   f"if you mean it")
+        if work > MAX_PADDING_FACTOR * x4_h * x4_w and work > PADDING_FLOOR:
+            raise JobTooLargeError(f"{width}x{height} is too thin: the networks work on the x{upscale} image padded to "
+                                   f"{multiple}-pixel multiples, {_mpx(work)} for an image of {_mpx(x4_h * x4_w)} "
+                                   f"({work / (x4_h * x4_w):.1f} times its area); pad it to at least "
+                                   f"{multiple // upscale} pixels on its short side first")
+
     def pixel_params(self) -> dict[str, Any]:
         keys = ("scale", "width", "height", "steps", "order", "t1", "seed", "color_fix", "tile_size", "tile_overlap")
         return {k: getattr(self, k) for k in keys}
@@ -108,3 +144,7 @@ class UpscaleParams:
 
     def replace(self, **changes: Any) -> UpscaleParams:
         return dataclasses.replace(self, **changes)
+
+
+def _mpx(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} Mpx"

@@ -62,6 +62,7 @@ def batch(
     overwrite: common.Overwrite = False,
     metadata: common.Metadata = "all",
     max_pixels: common.MaxPixels = None,
+    max_output_pixels: common.MaxOutputPixels = None,
     tile_size: common.TileSize = "auto",
     tile_overlap: common.TileOverlap = None,
     max_memory: common.MaxMemory = None,
@@ -74,10 +75,8 @@ def batch(
 
     Exit codes: 0 all done, 1 some images failed, 2 usage error, 130 interrupted.
     """
-    from dossr_cli.batch.runner import list_inputs, plan, run_local
-
     params = common.make_params(scale, width, height, steps, order, t1, seed, color_fix, format, quality,
-                                metadata, max_pixels, tile_size, tile_overlap, max_memory)
+                                metadata, max_pixels, tile_size, tile_overlap, max_memory, max_output_pixels)
     common.check_device_dtype(device, dtype)
     if batch_size < 0:
         raise UsageError(f"--batch-size must be 0 (auto) or a positive number; got {batch_size}")
@@ -93,6 +92,8 @@ def batch(
                 raise UsageError(f"{option} needs --engine ray")
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder")
+    from dossr_cli.batch.runner import list_inputs, plan, run_local  # torch: only once the options are checked
+
     root = folder.resolve()
     suffix = suffix if suffix is not None else common.default_suffix(params)
     outdir = (output.resolve() if output is not None else root.with_name(root.name + suffix))

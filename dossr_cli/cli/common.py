@@ -12,6 +12,7 @@ import typer
 
 from dossr_cli import imageio
 from dossr_cli.batch.params import DEFAULT_SEED, UpscaleParams
+from dossr_cli.choices import DTYPE_NAMES
 from dossr_cli.cli.console import confirm, say
 from dossr_cli.errors import UsageError
 
@@ -38,6 +39,9 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing o
 Metadata = Annotated[str, typer.Option("--metadata", help="Carry over all (ICC + EXIF), icc or none.")]
 MaxPixels = Annotated[int | None, typer.Option("--max-pixels", help="Refuse inputs larger than this many pixels "
                                                "(decompression-bomb guard).")]
+MaxOutputPixels = Annotated[int | None, typer.Option("--max-output-pixels", help="Refuse images whose output, or the "
+                                                     "x4 image the model works on, is larger than this many pixels "
+                                                     "(default 512000000: a 32-megapixel photo at x4).")]
 Json = Annotated[bool, typer.Option("--json", help="One JSON result per image on stdout.")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or messages on stderr.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
@@ -56,11 +60,12 @@ DEFAULTS = UpscaleParams()
 def make_params(scale: float, width: int | None, height: int | None, steps: int, order: int, t1: int, seed: int,
                 color_fix: str, format: str | None, quality: int | None, metadata: str,
                 max_pixels: int | None, tile_size: str = "auto", tile_overlap: int | None = None,
-                max_memory: str | None = None) -> UpscaleParams:
+                max_memory: str | None = None, max_output_pixels: int | None = None) -> UpscaleParams:
     fmt = (imageio.format_from_name(f"x.{format}") or format.lower()) if format else None  # jpeg -> jpg, tif -> tiff
     return UpscaleParams(scale, width, height, steps, order, t1, seed, color_fix, fmt, quality, metadata,
                          max_pixels if max_pixels is not None else DEFAULTS.max_pixels,
-                         parse_tile_size(tile_size), tile_overlap, parse_memory(max_memory)).validate()
+                         parse_tile_size(tile_size), tile_overlap, parse_memory(max_memory),
+                         max_output_pixels if max_output_pixels is not None else DEFAULTS.max_output_pixels).validate()
 
 
 def parse_tile_size(text: str) -> int | str:
@@ -91,15 +96,15 @@ def default_suffix(params: UpscaleParams) -> str:
 
 def check_device_dtype(device: str, dtype: str) -> None:
     """Checked with the other options, before any file or folder is touched; a device this machine
-    lacks is named here rather than failing deep inside torch."""
-    import torch
-
-    from dossr_cli.pipeline import DTYPES
-
-    if dtype != "auto" and dtype not in DTYPES:
-        raise UsageError(f"--dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    lacks is named here rather than failing deep inside torch. The spelling is checked before torch is imported."""
+    if dtype != "auto" and dtype not in DTYPE_NAMES:
+        raise UsageError(f"--dtype must be one of auto, {', '.join(DTYPE_NAMES)}; got {dtype!r}")
     if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise UsageError(f"--device must be auto, cuda, cuda:N, mps or cpu; got {device!r}")
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
     count = torch.cuda.device_count() if device.startswith("cuda") else 0
     if device.startswith("cuda") and count <= int(device.partition(":")[2] or 0):
         found = f"only cuda:0..cuda:{count - 1}" if count else "no CUDA device"

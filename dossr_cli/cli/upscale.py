@@ -60,6 +60,7 @@ def upscale(
     overwrite: common.Overwrite = False,
     metadata: common.Metadata = "all",
     max_pixels: common.MaxPixels = None,
+    max_output_pixels: common.MaxOutputPixels = None,
     tile_size: common.TileSize = "auto",
     tile_overlap: common.TileOverlap = None,
     max_memory: common.MaxMemory = None,
@@ -72,9 +73,8 @@ def upscale(
 
     Exit codes: 0 success, 1 some inputs failed, 2 usage error, 130 interrupted.
     """
-    from dossr_cli.batch.job import run_job
     params = common.make_params(scale, width, height, steps, order, t1, seed, color_fix, format, quality,
-                                metadata, max_pixels, tile_size, tile_overlap, max_memory)
+                                metadata, max_pixels, tile_size, tile_overlap, max_memory, max_output_pixels)
     common.check_device_dtype(device, dtype)
     many = len(inputs) > 1
     if output == STDIO and many:
@@ -105,6 +105,8 @@ def upscale(
             pending.append((source, dest, side))
     if not pending:
         sys.exit(1)
+
+    from dossr_cli.batch.job import run_job  # torch: only once every option has been checked
 
     pipe = common.load_pipeline(common.find_weights(weights, download, quiet), device, dtype)
     with progress_bars(len(pending), params.steps, quiet) as bars:

@@ -147,6 +147,8 @@ USAGE_ERRORS = [
     (["--steps", "0"], "--steps"),
     (["--t1", "1"], "--t1"),
     (["--max-pixels", "0"], "--max-pixels"),
+    (["--max-output-pixels", "0"], "--max-output-pixels"),
+    (["--seed", str(2**63)], "--seed must be in -9223372036854775808..9223372036854775807"),
 ]
 
 
