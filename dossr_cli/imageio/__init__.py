@@ -3,11 +3,12 @@
 Pillow decodes and carries metadata; OpenCV does the pixels wherever Pillow would cut 16-bit
 colour to 8 bits (16-bit RGB/RGBA PNG and TIFF, in and out). Every decoded image leaves here
 as float32 RGB in [0, 1] plus an optional alpha plane, upright (EXIF orientation applied).
+Decoding is strict: a truncated file or a corrupt chunk is an ImageReadError, never grey fill.
 Outputs are encoded to bytes first and then written with `write_atomic`, so a failure or a
 Ctrl-C never leaves a half-written file under the final name.
 
-decode.py and integrity.py read, encode.py and atomic.py write, metadata.py carries ICC/EXIF,
-colour.py holds alpha and colour management.
+decode.py reads (integrity.py refuses damaged files), encode.py and atomic.py write, metadata.py
+carries ICC/EXIF, colour.py holds alpha and colour management.
 """
 
 from dossr_cli.imageio.atomic import write_atomic

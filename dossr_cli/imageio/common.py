@@ -51,7 +51,8 @@ class DecodedImage:
 
     `alpha` is None exactly when the file has no alpha channel or transparency key; an alpha
     channel that happens to be all opaque is kept, so RGBA in gives RGBA out.
-    `icc_profile` is only ever an RGB profile (a grey or CMYK one does not describe `rgb`).
+    `icc_profile` is only ever an RGB profile (a grey or CMYK one does not describe `rgb`); CMYK
+    and grey converted through their own profile come out as sRGB and carry an sRGB profile.
     `exif` is the EXIF block as a JPEG APP1 payload (starting b"Exif\\0\\0").
     """
 
@@ -61,6 +62,7 @@ class DecodedImage:
     format: str
     icc_profile: bytes | None
     exif: bytes | None
+    notes: tuple[str, ...] = ()  # what the user should hear (only the first page read, a profile unusable)
 
     @property
     def size(self) -> tuple[int, int]:

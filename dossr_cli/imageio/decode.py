@@ -6,14 +6,17 @@ import contextlib
 import io
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from dossr_cli.imageio.colour import ProfileError, profile_matches, srgb_profile_bytes, to_srgb
 from dossr_cli.imageio.common import DEFAULT_MAX_PIXELS, FORMATS, DecodedImage, ImageReadError, one_line
+from dossr_cli.imageio.integrity import PNG_SIGNATURE, Damage, check_jpeg_data, check_png_data, walk_png
 from dossr_cli.imageio.metadata import is_rgb_profile, read_exif, read_orientation
 
 _PILLOW_FORMATS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "WEBP": "webp", "TIFF": "tiff", "BMP": "bmp"}
@@ -22,6 +25,9 @@ _KNOWN_OTHERS = ((b"GIF8", "a GIF"), (b"8BPS", "a Photoshop PSD"), (b"%PDF", "a 
                  (b"\x00\x00\x00\x0cJXL ", "a JPEG XL"), (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000"))
 _FULL_PRECISION_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # Pillow keeps these at 16+ bits
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 _pillow_limit_lock = threading.Lock()
 _opencv_log_lock = threading.Lock()
@@ -35,11 +41,18 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
     name, data = _read_source(source)
     if not data:
         raise ImageReadError(f"{name}: the file is empty (0 bytes); pass a complete image file")
+    # Walked before Pillow parses it, whose own CRC complaints would read as "not an image".
+    png = _refuse_damage(name, "png", walk_png, data) if data.startswith(PNG_SIGNATURE) else None
     image = _open(data, name, max_pixels)
     with image, warnings.catch_warnings():
         # Pillow's "corrupt EXIF" chatter: bad metadata is dropped or carried as is, never fatal.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
         image_format = _PILLOW_FORMATS[image.format or ""]
+        if png is not None:
+            _refuse_damage(name, image_format, check_png_data, png)
+        elif image_format == "jpg":
+            _refuse_damage(name, image_format, check_jpeg_data, data)
+        notes = _frames_note(image)
         sixteen_bit_colour = _sixteen_bit_colour(image, data)
         # Pillow rotates TIFFs itself while loading and then drops the tag: read it first.
         stored_orientation = read_orientation(image) if image_format == "tiff" else None
@@ -48,14 +61,15 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
         except MemoryError:
             raise
         except Exception as error:
-            raise ImageReadError(f"{name}: the {image_format} file is truncated or corrupt ({one_line(error)}); "
+            raise ImageReadError(f"{name}: the {image_format} file is truncated or corrupt: {one_line(error)}; "
                                  "re-export or re-download it") from error
         pending_orientation = read_orientation(image)  # what the decoded pixels still need
         if stored_orientation is None:
             stored_orientation = pending_orientation
         icc_profile = image.info.get("icc_profile") or None
         exif = read_exif(image, image_format, reset_orientation=stored_orientation != 1)
-        colour, alpha, bit_depth = _decode_with_pillow(image, name)
+        colour, alpha, bit_depth, icc_profile, colour_notes = _decode_with_pillow(image, name, icc_profile)
+        notes += colour_notes
         colour = _apply_orientation(colour, pending_orientation)
         alpha = None if alpha is None else _apply_orientation(alpha, pending_orientation)
         if sixteen_bit_colour:
@@ -65,7 +79,38 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
     if icc_profile is not None and not is_rgb_profile(icc_profile):
         icc_profile = None  # a grey/CMYK profile would mislabel the RGB we return
     return DecodedImage(rgb=_to_unit_float(colour), alpha=None if alpha is None else _to_unit_float(alpha),
-                        bit_depth=bit_depth, format=image_format, icc_profile=icc_profile, exif=exif)
+                        bit_depth=bit_depth, format=image_format, icc_profile=icc_profile, exif=exif,
+                        notes=notes)
+
+
+def _refuse_damage(name: str, image_format: str, check: Callable[[T], R], subject: T) -> R:
+    try:
+        return check(subject)
+    except Damage as damage:
+        raise ImageReadError(f"{name}: the {image_format} file is truncated or corrupt: {damage}; "
+                             "re-export or re-download it") from damage
+
+
+def _frames_note(image: Image.Image) -> tuple[str, ...]:
+    """Only the first page of a multi-page TIFF, or frame of an animation, is read: say so.
+
+    An MPO's further images (a camera's preview or depth map) are not pages, so they pass silently.
+    """
+    if image.format not in ("TIFF", "PNG", "WEBP"):
+        return ()
+    try:
+        frames = int(getattr(image, "n_frames", 1))
+    except Exception:  # noqa: BLE001 - a broken later page does not concern the first
+        frames = 2
+    finally:
+        image.seek(0)
+    if frames < 2:
+        return ()
+    if image.format == "TIFF":
+        return ((f"a multi-page TIFF ({frames} pages): upscaled the first page only; split the file "
+                "to upscale the others"),)
+    kind = "an animated WebP" if image.format == "WEBP" else "an animated PNG"
+    return (f"{kind} ({frames} frames): upscaled the first frame only",)
 
 
 def _read_source(source: str | Path | bytes) -> tuple[str, bytes]:
@@ -161,8 +206,13 @@ def _sixteen_bit_colour(image: Image.Image, data: bytes) -> bool:
     return False
 
 
-def _decode_with_pillow(image: Image.Image, name: str) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """(colour HxWx3, alpha HxW or None, bit depth) in the image's own integer or float type."""
+def _decode_with_pillow(image: Image.Image, name: str, icc_profile: bytes | None
+                        ) -> tuple[np.ndarray, np.ndarray | None, int, bytes | None, tuple[str, ...]]:
+    """(colour HxWx3, alpha HxW or None, bit depth, ICC profile, notes) in the image's own integer type.
+
+    CMYK and grey with a matching embedded profile come out as sRGB, tagged with an sRGB profile.
+    """
+    notes: tuple[str, ...] = ()
     if image.mode in _FULL_PRECISION_MODES:
         grey = np.asarray(image)
         if grey.dtype.kind in "iu":
@@ -171,18 +221,34 @@ def _decode_with_pillow(image: Image.Image, name: str) -> tuple[np.ndarray, np.n
         alpha = None
         if isinstance(transparency, int) and grey.dtype == np.uint16:
             alpha = np.where(grey == transparency, 0, 65535).astype(np.uint16)
-        return np.repeat(grey[..., None], 3, axis=2), alpha, 16
+        if grey.dtype == np.uint16 and profile_matches("I;16", icc_profile):
+            managed, icc_profile, notes = _manage_colour(Image.fromarray(grey), icc_profile, name)
+            grey = grey if managed is None else np.asarray(managed)
+        return np.repeat(grey[..., None], 3, axis=2), alpha, 16, icc_profile, notes
 
     has_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
+    managed = None
+    if profile_matches(image.mode, icc_profile):
+        managed, icc_profile, notes = _manage_colour(image, icc_profile, name)
     try:
-        converted = image.convert("RGBA" if has_alpha else "RGB")
+        converted = (managed or image).convert("RGBA" if has_alpha else "RGB")
     except (ValueError, OSError) as error:
         raise ImageReadError(f"{name}: colour mode {image.mode} is not supported ({one_line(error)}); "
                              "convert it to RGB first") from error
     pixels = np.asarray(converted)
     if has_alpha:
-        return pixels[..., :3], pixels[..., 3], 8
-    return pixels, None, 8
+        return pixels[..., :3], pixels[..., 3], 8, icc_profile, notes
+    return pixels, None, 8, icc_profile, notes
+
+
+def _manage_colour(image: Image.Image, icc_profile: bytes, name: str
+                   ) -> tuple[Image.Image | None, bytes | None, tuple[str, ...]]:
+    """(sRGB image, sRGB profile, no notes), or a plain conversion and a note if the profile is unusable."""
+    try:
+        return to_srgb(image, icc_profile), srgb_profile_bytes(), ()
+    except ProfileError as error:
+        return None, None, ((f"its {image.mode} ICC profile cannot be used ({error}); "
+                            "colours converted without it"),)
 
 
 def _decode_with_opencv(data: bytes, name: str, reference: np.ndarray, orientation: int, *,
