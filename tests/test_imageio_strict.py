@@ -82,6 +82,18 @@ def test_jpeg_cut_short_before_its_end_marker_is_refused(progressive):
     assert_refused_as_damaged(data[: len(data) // 2] + b"\xff\xd9", "premature end")
 
 
+def test_jpeg_frame_header_shrunk_to_a_crop_is_refused():
+    data = bytearray(pillow_bytes(noise((64, 64)), "JPEG"))
+    struct.pack_into(">HH", data, data.index(b"\xff\xc0") + 5, 32, 32)
+    assert_refused_as_damaged(bytes(data), "extraneous bytes")
+
+
+def test_jpeg_with_a_few_padding_bytes_before_its_end_marker_still_reads():
+    """Some encoders leave a byte or two there; libjpeg warns, viewers show the image, so do we."""
+    data = pillow_bytes(noise((64, 64)), "JPEG")
+    assert read_image(data[:-2] + b"\x12\x34\x56\xff\xd9").rgb.shape == (64, 64, 3)
+
+
 def test_cmyk_jpeg_cut_short_is_refused():
     data = pillow_bytes(noise((128, 128), "CMYK"), "JPEG")
     assert_refused_as_damaged(data[: len(data) // 2] + b"\xff\xd9", "premature end")

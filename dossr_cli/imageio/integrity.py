@@ -10,6 +10,7 @@ pixels are made, so a 661-byte "8000x8000" file is refused in milliseconds).
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -20,11 +21,15 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type: grey, RGB, palette, grey+alpha, RGBA
 _ADAM7_PASSES = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 _INFLATE_STEP = 1 << 20  # count the inflated bytes a MiB at a time, never holding the image
-# libjpeg warnings that say nothing about missing pixels: a stray byte before the end marker, an
-# unknown JFIF or Adobe version, an ICC marker Pillow reads on its own; and what strict mode cannot
-# check (scaled decoding of lossless JPEG), left to Pillow.
-_HARMLESS_JPEG_WARNINGS = ("extraneous bytes before marker 0xd9", "unknown JFIF revision",
-                           "Unknown Adobe color transform", "bad ICC marker", "not supported", "Unsupported")
+# libjpeg warnings that say nothing about missing pixels: an unknown JFIF or Adobe version, an ICC
+# marker Pillow reads on its own; and what strict mode cannot check (scaled decoding of lossless
+# JPEG), left to Pillow.
+_HARMLESS_JPEG_WARNINGS = ("unknown JFIF revision", "Unknown Adobe color transform", "bad ICC marker",
+                           "not supported", "Unsupported")
+# A few stray bytes before the end marker are padding some encoders leave; more are pixel data a
+# frame header too small for them leaves out (a patched size that would decode as a crop).
+_PADDING_BEFORE_END = re.compile(r"(\d+) extraneous bytes before marker 0xd9")
+_MOST_PADDING = 16
 
 
 class Damage(Exception):
@@ -114,6 +119,9 @@ def check_jpeg_data(data: bytes) -> None:
     except ValueError as error:
         message = " ".join(str(error).split())
         if any(harmless in message for harmless in _HARMLESS_JPEG_WARNINGS):
+            return
+        padding = _PADDING_BEFORE_END.search(message)
+        if padding and int(padding.group(1)) <= _MOST_PADDING:
             return
         message = message.removeprefix("Corrupt JPEG data: ")
         raise Damage(f"libjpeg reports '{message[:1].lower()}{message[1:]}'") from error
