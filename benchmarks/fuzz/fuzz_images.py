@@ -156,7 +156,18 @@ def mutate(rng: random.Random, fmt: str, data: bytes, others: list[bytes]) -> tu
     idat_at = [(s, e) for s, e, k in chunks if k == b"IDAT"]
     (first, _), (_, last) = idat_at[0], idat_at[-1]
     spliced = data[:first] + b"".join(idat) + data[last:]
-    return spliced, kind, b"".join(idat) != data[first:last]
+    # damaged when the rows no longer fit the header (the same byte count may be a valid other picture)
+    return spliced, kind, len(inflated(b"".join(idat))) != len(inflated(data[first:last]))
+
+
+def inflated(chunks: bytes) -> bytes:
+    """The zlib stream in concatenated IDAT chunks (lengths, types and CRCs skipped)."""
+    stream, position = b"", 0
+    while position < len(chunks):
+        (length,) = struct.unpack_from(">I", chunks, position)
+        stream += chunks[position + 8:position + 8 + length]
+        position += 12 + length
+    return zlib.decompress(stream)
 
 
 def patch_size(rng: random.Random, fmt: str, buffer: bytearray) -> tuple[bytes, str, bool]:

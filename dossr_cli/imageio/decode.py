@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -16,7 +17,15 @@ from PIL import Image
 
 from dossr_cli.imageio.colour import ProfileError, profile_matches, srgb_profile_bytes, to_srgb
 from dossr_cli.imageio.common import DEFAULT_MAX_PIXELS, FORMATS, DecodedImage, ImageReadError, one_line
-from dossr_cli.imageio.integrity import PNG_SIGNATURE, Damage, check_jpeg_data, check_png_data, walk_png
+from dossr_cli.imageio.integrity import (
+    PNG_SIGNATURE,
+    Damage,
+    check_jpeg_data,
+    check_jpeg_progression,
+    check_png_data,
+    check_tiff_layout,
+    walk_png,
+)
 from dossr_cli.imageio.metadata import is_rgb_profile, read_exif, read_orientation
 
 _PILLOW_FORMATS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "WEBP": "webp", "TIFF": "tiff", "BMP": "bmp"}
@@ -28,6 +37,9 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+# What Pillow warns, and skips, while reading a TIFF directory that the end of the file cuts off.
+_TIFF_CUT_SHORT = re.compile("Tag data larger than file|Truncated File Read")
 
 _pillow_limit_lock = threading.Lock()
 _opencv_log_lock = threading.Lock()
@@ -43,15 +55,24 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
         raise ImageReadError(f"{name}: the file is empty (0 bytes); pass a complete image file")
     # Walked before Pillow parses it, whose own CRC complaints would read as "not an image".
     png = _refuse_damage(name, "png", walk_png, data) if data.startswith(PNG_SIGNATURE) else None
-    image = _open(data, name, max_pixels)
+    with warnings.catch_warnings(record=True) as complaints:
+        # Pillow's "corrupt EXIF" chatter: bad metadata is dropped or carried as is, never fatal...
+        warnings.simplefilter("always")
+        image = _open(data, name, max_pixels)
+    if image.format == "TIFF" and any(_TIFF_CUT_SHORT.search(str(w.message)) for w in complaints):
+        image.close()  # ...but a TIFF's directory describes its pixels too
+        raise ImageReadError(f"{name}: the tiff file is truncated or corrupt: its directory points past the end "
+                             "of the file; re-export or re-download it")
     with image, warnings.catch_warnings():
-        # Pillow's "corrupt EXIF" chatter: bad metadata is dropped or carried as is, never fatal.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
         image_format = _PILLOW_FORMATS[image.format or ""]
         if png is not None:
             _refuse_damage(name, image_format, check_png_data, png)
         elif image_format == "jpg":
             _refuse_damage(name, image_format, check_jpeg_data, data)
+            _refuse_damage(name, image_format, check_jpeg_progression, data)
+        elif image_format == "tiff":
+            _refuse_damage(name, image_format, lambda opened: check_tiff_layout(opened, len(data)), image)
         notes = _frames_note(image)
         sixteen_bit_colour = _sixteen_bit_colour(image, data)
         # Pillow rotates TIFFs itself while loading and then drops the tag: read it first.

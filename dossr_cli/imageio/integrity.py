@@ -16,6 +16,7 @@ import zlib
 from dataclasses import dataclass
 
 import simplejpeg
+from PIL import Image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type: grey, RGB, palette, grey+alpha, RGBA
@@ -49,7 +50,7 @@ class PngLayout:
 def walk_png(data: bytes) -> PngLayout:
     """Every chunk up to IEND, its CRC checked (Pillow checks none after the first IDAT)."""
     view = memoryview(data)
-    position, header, image_data = len(PNG_SIGNATURE), None, []
+    position, header, image_data, palette = len(PNG_SIGNATURE), None, [], False
     while True:
         if position + 12 > len(data):
             raise Damage("it ends before its IEND chunk")
@@ -65,7 +66,11 @@ def walk_png(data: bytes) -> PngLayout:
         if header is None and kind != b"IHDR":
             raise Damage("it does not start with an IHDR chunk")
         if kind == b"IHDR":
+            if header is not None:
+                raise Damage("it has a second IHDR chunk")
             header = body
+        elif kind == b"PLTE":
+            palette = True
         elif kind == b"IDAT":
             image_data.append(body)
         elif kind == b"IEND":
@@ -76,6 +81,8 @@ def walk_png(data: bytes) -> PngLayout:
     width, height, bit_depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", header)
     if colour_type not in _PNG_CHANNELS:
         raise Damage(f"its header declares an unknown colour type {colour_type}")
+    if colour_type == 3 and not palette:
+        raise Damage("it is a palette image without a PLTE chunk")  # Pillow would make one up
     return PngLayout(width, height, bit_depth, colour_type, interlace == 1, tuple(image_data))
 
 
@@ -125,6 +132,74 @@ def check_jpeg_data(data: bytes) -> None:
             return
         message = message.removeprefix("Corrupt JPEG data: ")
         raise Damage(f"libjpeg reports '{message[:1].lower()}{message[1:]}'") from error
+
+
+def check_jpeg_progression(data: bytes) -> None:
+    """A progressive JPEG's scans code every coefficient of every component to full precision.
+
+    A file cut between scans, with an end marker after it, is valid to libjpeg, which shows it
+    blurred without a word (as browsers do while a download is under way); here it is truncated.
+    """
+    final: dict[int, set[int]] = {}  # component id -> coefficients coded down to the last bit
+    components: list[int] = []
+    position, progressive = 2, False
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0xD9:
+            break
+        (length,) = struct.unpack_from(">H", data, position + 2)
+        segment = data[position + 4:position + 2 + length]
+        if marker in (0xC2, 0xC6, 0xCA, 0xCE) and len(segment) >= 6:
+            progressive = True
+            components = list(segment[6:6 + 3 * segment[5]:3])
+        elif marker == 0xDA and segment:
+            count = segment[0]
+            if len(segment) >= 1 + 2 * count + 3:
+                start, end, approximation = segment[1 + 2 * count:4 + 2 * count]
+                if approximation & 0x0F == 0:
+                    for component in segment[1:1 + 2 * count:2]:
+                        final.setdefault(component, set()).update(range(start, end + 1))
+            position = _end_of_scan(data, position + 2 + length)
+            continue
+        position += 2 + length
+    if progressive and any(len(final.get(component, ())) < 64 for component in components):
+        raise Damage("its progressive scans stop before the image is complete")
+
+
+def _end_of_scan(data: bytes, position: int) -> int:
+    """The next marker after entropy-coded data (0xFF 0x00 is a stuffed byte, 0xFF 0xD0-D7 a restart)."""
+    while (position := data.find(b"\xff", position)) >= 0 and position + 1 < len(data):
+        following = data[position + 1]
+        if following == 0 or 0xD0 <= following <= 0xD7 or following == 0xFF:
+            position += 1
+            continue
+        return position
+    return len(data)
+
+
+def check_tiff_layout(image: Image.Image, size: int) -> None:
+    """Every page's strips or tiles lie inside the file (libtiff decodes a cut LZW strip as garbage)."""
+    page = 0
+    try:
+        while True:
+            offsets = image.tag_v2.get(273) or image.tag_v2.get(324) or ()
+            counts = image.tag_v2.get(279) or image.tag_v2.get(325) or ()
+            for offset, count in zip(offsets, counts):
+                if offset + count > size:
+                    raise Damage(f"the image data of page {page + 1} runs past the end of the file")
+            page += 1
+            image.seek(page)
+    except EOFError:
+        pass
+    except Damage:
+        raise
+    except Exception as error:
+        raise Damage(f"the directory of page {page + 1} is unreadable ({' '.join(str(error).split())})") from error
+    finally:
+        image.seek(0)
 
 
 def _png_data_size(layout: PngLayout) -> int:
