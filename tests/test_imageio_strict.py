@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from dossr_cli.imageio import ImageReadError, read_image
+from dossr_cli.imageio import ImageReadError, encode_image, read_image
 from dossr_cli.imageio.colour import grey_profile, srgb_decode
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -99,6 +99,14 @@ def test_cmyk_jpeg_cut_short_is_refused():
     assert_refused_as_damaged(data[: len(data) // 2] + b"\xff\xd9", "premature end")
 
 
+def test_progressive_jpeg_cut_between_scans_is_refused():
+    """libjpeg shows such a file blurred (the later scans missing) without a warning."""
+    data = pillow_bytes(noise((64, 64)), "JPEG", quality=90, progressive=True)
+    scans = [i for i in range(len(data)) if data[i:i + 2] == b"\xff\xda"]
+    assert len(scans) > 3
+    assert_refused_as_damaged(data[:scans[3]] + b"\xff\xd9", "progressive scans stop")
+
+
 # ------------------------------------------------------------------------------------------------ PNG
 
 
@@ -138,6 +146,42 @@ def test_png_chunk_with_a_bad_crc_is_refused(chunk):
     (length,) = struct.unpack_from(">I", data, start)
     data[start + 8 + length] ^= 0x01  # the first byte of the chunk's CRC
     assert_refused_as_damaged(bytes(data), f"{chunk.decode()} chunk", "CRC")
+
+
+def test_palette_png_without_its_palette_is_refused():
+    pixels = np.zeros((4, 4), np.uint8)
+    rows = b"".join(b"\x00" + row.tobytes() for row in pixels)
+    assert_refused_as_damaged(png_file(4, 4, rows, colour_type=3), "without a PLTE chunk")
+
+
+def test_png_with_a_second_ihdr_is_refused():
+    pixels = np.asarray(noise((16, 16)))
+    ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0))
+    assert_refused_as_damaged(png_file(16, 16, rgb_rows(pixels), extra_chunks=[ihdr]), "second IHDR")
+
+
+# ------------------------------------------------------------------------------------------------ TIFF
+
+
+def test_lzw_tiff_cut_inside_its_strip_is_refused():
+    """Our own writer puts the directory first, so a cut leaves it whole and shortens the LZW strips."""
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    data = encode_image(np.asarray(noise((64, 64))) / 255, None, "tiff", icc_profile=srgb)
+    assert read_image(data).rgb.shape == (64, 64, 3)
+    assert_refused_as_damaged(data[:-100], "runs past the end of the file")
+
+
+def test_tiff_whose_directory_is_cut_off_is_refused():
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    data = pillow_bytes(noise((32, 32)), "TIFF", compression="tiff_lzw", icc_profile=srgb)
+    assert data.endswith(srgb[-100:])  # the profile is the last thing in the file
+    assert_refused_as_damaged(data[:-200], "directory points past the end")
+
+
+def test_multi_page_tiff_with_a_later_page_cut_short_is_refused():
+    pages = [noise((32, 32)) for _ in range(3)]
+    data = pillow_bytes(pages[0], "TIFF", save_all=True, append_images=pages[1:])
+    assert_refused_as_damaged(data[:-500], "page 3")
 
 
 # ------------------------------------------------------------------------------------------------ pages

@@ -286,8 +286,8 @@ def run_cli(files: list[tuple[str, str, bytes, bool]], sample: list[int], timeou
             names[name] = index
         env = {**os.environ, "DOSSR_CACHE_DIR": str(work_path / "cache"),
                "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-        command = [sys.executable, "-m", "dossr_cli", "batch", str(inputs), str(outputs), "--weights", str(weights),
-                   "--steps", "1", "--json"]
+        command = [sys.executable, "-m", "dossr_cli", "batch", str(inputs), "-o", str(outputs), "--weights", str(weights),
+                   "--steps", "1", "--json", "--quiet"]
         try:
             done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
@@ -296,6 +296,12 @@ def run_cli(files: list[tuple[str, str, bytes, bool]], sample: list[int], timeou
         counts["cli files"] = len(sample)
         counts["cli tracebacks"] = done.stderr.count("Traceback")
         counts["cli unexpected exit codes"] = int(done.returncode not in (0, 1))
+        if done.returncode not in (0, 1):
+            print(f"  dossr batch exited {done.returncode}: {done.stderr[-2000:]}")
+        for line in done.stderr.splitlines():
+            if line.strip() and not line.startswith("dossr: ") and counts["cli stray stderr lines"] < 5:
+                print(f"  stray stderr line: {line[:200]}")
+            counts["cli stray stderr lines"] += bool(line.strip()) and not line.startswith("dossr: ")
         for line in done.stdout.splitlines():
             outcome = json.loads(line)
             index = names[Path(outcome["input"]).name]
@@ -370,7 +376,7 @@ def main() -> None:
         cli = run_cli(files, sample, timeout=max(600.0, 5.0 * len(sample)))
         print(f"through `dossr batch`: {cli['cli files']} files in {time.monotonic() - started:.0f} s")
         for key in ("cli done", "cli failed", "cli tracebacks", "cli unexpected exit codes", "cli multi-line errors",
-                    "cli runs past the time limit", "cli corrupt inputs written"):
+                    "cli runs past the time limit", "cli corrupt inputs written", "cli stray stderr lines"):
             print(f"  {key.removeprefix('cli ')}: {cli[key]}")
 
 

@@ -32,6 +32,8 @@ _PILLOW_FORMATS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "WEBP": "webp", "T
 _PILLOW_OPENERS = ["PNG", "JPEG", "WEBP", "TIFF", "BMP"]  # no other parser sees untrusted bytes
 _KNOWN_OTHERS = ((b"GIF8", "a GIF"), (b"8BPS", "a Photoshop PSD"), (b"%PDF", "a PDF"), (b"\xff\x0a", "a JPEG XL"),
                  (b"\x00\x00\x00\x0cJXL ", "a JPEG XL"), (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000"))
+_OUR_MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpg"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"),
+              (b"BM", "bmp"), (b"RIFF", "webp"))
 _FULL_PRECISION_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # Pillow keeps these at 16+ bits
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
@@ -209,6 +211,11 @@ def _not_an_image(data: bytes, name: str, error: Exception) -> ImageReadError:
     if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
         return ImageReadError(f"{name}: looks like a HEIF/AVIF file, which dossr does not read; "
                               f"convert it to one of {', '.join(FORMATS)}")
+    kind = next((kind for magic, kind in _OUR_MAGIC if data.startswith(magic)), None)
+    if kind is not None:  # one of ours, whose header Pillow could not parse
+        detail = "" if isinstance(error, Image.UnidentifiedImageError) else f" ({one_line(error)})"
+        return ImageReadError(f"{name}: the {kind} file is truncated or corrupt: its header cannot be "
+                              f"read{detail}; re-export or re-download it")
     if isinstance(error, Image.UnidentifiedImageError):
         return ImageReadError(f"{name}: not an image dossr can read (it reads {', '.join(FORMATS)}); "
                               "check that this is the file you meant")
