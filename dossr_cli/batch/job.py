@@ -74,7 +74,7 @@ def encode_result(image: imageio.DecodedImage, rgb: np.ndarray, alpha: np.ndarra
                   params: UpscaleParams, out_format: str | None, seconds: float) -> JobResult:
     """Encode in `out_format` (default: the input's), noting what that format cannot keep."""
     fmt = out_format or params.format or image.format
-    notes = []
+    notes = list(image.notes)  # from decoding: only the first page read, an unusable ICC profile
     if alpha is not None and fmt not in imageio.ALPHA_FORMATS:
         notes.append(f"{fmt} has no alpha channel: transparency flattened onto white (use png, webp or tiff)")
     if image.bit_depth == 16 and fmt not in imageio.SIXTEEN_BIT_FORMATS:

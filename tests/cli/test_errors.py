@@ -15,8 +15,6 @@ import zlib
 import pytest
 from PIL import Image
 
-from dossr_cli import imageio
-
 from .helpers import files_in, run_in_process, save, smooth_image
 
 
@@ -127,7 +125,7 @@ def test_unwritable_output_folder_simulated(dossr, tmp_path, monkeypatch):
             raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(imageio.os, "open", refusing_open)
+    monkeypatch.setattr(os, "open", refusing_open)  # the os.open write_atomic calls
     assert_one_line_failure(dossr("upscale", source, "-o", locked / "out.png"), 1, "locked", "permission denied")
     assert list(locked.iterdir()) == []
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import struct
+import time
+
 import cv2
 import numpy as np
 import pytest
@@ -126,3 +130,37 @@ def test_bmp_output_says_it_drops_the_metadata(dossr, tmp_path):
     result = dossr("upscale", source, "--format", "bmp")
     assert result.code == 0 and "bmp cannot hold ICC/EXIF" in result.stderr
     assert decode(tmp_path / "tagged_x4.bmp").size == (64, 64)
+
+
+def test_multi_page_tiff_upscales_its_first_page_and_says_so(dossr, tmp_path):
+    first, second = smooth_image(16, 16), Image.new("RGB", (24, 24), "blue")
+    source = save(first, tmp_path / "pages.tiff", save_all=True, append_images=[second])
+    result = dossr("upscale", source, "-o", tmp_path / "out.png")
+    assert result.code == 0, result.stderr
+    assert "note:" in result.stderr and "multi-page TIFF (2 pages): upscaled the first page only" in result.stderr
+    assert decode(tmp_path / "out.png").size == (64, 64)
+
+
+def test_jpeg_whose_header_says_8000x8000_is_refused_at_once(dossr, tmp_path):
+    """The issue's 661-byte repro: one line, exit 1, nothing written, before any network runs."""
+    data = bytearray(save(Image.new("RGB", (48, 40), "gray"), tmp_path / "small.jpg").read_bytes())
+    struct.pack_into(">HH", data, data.index(b"\xff\xc0") + 5, 8000, 8000)
+    (tmp_path / "bomb.jpg").write_bytes(bytes(data))
+    started = time.perf_counter()
+    result = dossr("upscale", tmp_path / "bomb.jpg", "-o", tmp_path / "out.png")
+    assert time.perf_counter() - started < 30  # it used to run a 32000x32000 upscale
+    assert result.code == 1 and len(result.error_lines) == 1 and "Traceback" not in result.stderr
+    assert "truncated or corrupt" in result.stderr and "re-download" in result.stderr
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_cmyk_jpeg_with_a_profile_comes_out_tagged_srgb(dossr, tmp_path):
+    """Its pixels were converted through the CMYK profile (tests/test_imageio_strict.py checks the colours)."""
+    from test_imageio_strict import paper_cmyk_profile  # tests/ is on the path, as for conftest
+
+    source = save(Image.new("CMYK", (16, 16), (255, 0, 0, 0)), tmp_path / "cyan.jpg", quality=95,
+                  icc_profile=paper_cmyk_profile((255, 240, 200)))
+    result = dossr("upscale", source, "-o", tmp_path / "out.png")
+    assert result.code == 0, result.stderr
+    profile = decode(tmp_path / "out.png").info.get("icc_profile")
+    assert profile and ImageCms.ImageCmsProfile(io.BytesIO(profile)).profile.profile_description == "sRGB built-in"
