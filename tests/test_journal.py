@@ -17,7 +17,7 @@ import pytest
 from small_disk import FILL, run_with_small_disk
 
 from dossr_cli.batch import journal as claims
-from dossr_cli.batch.journal import CRASH_LIMIT, JOURNAL_NAME, DiskFullError, Journal, crash_reason
+from dossr_cli.batch.journal import CRASH_LIMIT, JOURNAL_NAME, Journal, crash_reason
 from dossr_cli.batch.owner import Owner, this_run
 
 PARAMS = {"scale": 4}
