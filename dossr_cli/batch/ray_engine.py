@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,9 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dossr_cli.batch import journal as claims
 from dossr_cli.batch.job import UpscaleParams
 from dossr_cli.batch.journal import Journal
-from dossr_cli.batch.runner import BatchItem, Outcome, journal_params, process_items, record
+from dossr_cli.batch.runner import (
+    POLL_SECONDS,
+    BatchItem,
+    Outcome,
+    claimed_elsewhere,
+    journal_params,
+    process_items,
+    record,
+)
 from dossr_cli.errors import DossrError, UsageError
 
 ATTEMPTS = 3  # an image whose worker dies this many times is reported failed, not retried for ever
@@ -124,8 +134,20 @@ def run_ray(bundle: Path, device: str, dtype: str, items: list[BatchItem], param
                 spawn()
             while queue or retries or running:
                 while idle and (queue or retries):
-                    attempt = retries.popleft() if retries else _first_attempt(queue.popleft(), journal, pixel,
-                                                                               overwrite, on_start)
+                    if retries:
+                        attempt = retries.popleft()
+                    else:
+                        attempt, finished = _first_attempt(queue.popleft(), journal, pixel, overwrite, on_start, queue)
+                        if attempt is None:
+                            if finished is not None:
+                                outcomes.append(finished)
+                                if on_outcome:
+                                    on_outcome(finished)
+                                continue
+                            if running or starting:  # back after ray.wait: an image another run holds
+                                break
+                            time.sleep(POLL_SECONDS)
+                            continue
                     actor = idle.pop()
                     running[actor.run.remote(attempt.item, params, attempt.may_replace)] = (actor, attempt)
                 done, _ = ray.wait([*starting, *running], num_returns=1, timeout=1.0)  # a timeout lets Ctrl-C in
@@ -168,13 +190,20 @@ def _loaded(ray: Any, ready: Any, actor: Any) -> Any:
 
 
 def _first_attempt(item: BatchItem, journal: Journal, pixel: dict, overwrite: bool,
-                   on_start: Callable[[BatchItem], None] | None) -> _Attempt:
-    """Marked running before it leaves, and allowed to replace what run_local would allow."""
+                   on_start: Callable[[BatchItem], None] | None,
+                   queue: deque[BatchItem]) -> tuple[_Attempt | None, Outcome | None]:
+    """Claimed in the journal before it leaves, and allowed to replace what run_local would allow; an image
+    another run holds (or whose run died) goes back to the end of `queue`, one another run finished is its
+    outcome."""
+    claim = journal.claim(item.rel, item.sha256, pixel, item.output)
+    if claim.result in (claims.HELD, claims.ORPHANED):
+        queue.append(item)
+        return None, None
+    if claim.result != claims.CLAIMED:
+        return None, claimed_elsewhere(item, claim)
     if on_start:
         on_start(item)
-    attempt = _Attempt(item, overwrite or journal.owns(item.output), item.output.exists())
-    journal.running(item.rel, item.sha256, pixel, item.output)
-    return attempt
+    return _Attempt(item, overwrite or claim.may_replace, item.output.exists()), None
 
 
 def _lost(attempt: _Attempt, died: Exception, retries: deque[_Attempt],

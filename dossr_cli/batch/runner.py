@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,14 @@ from typing import Any
 
 from dossr_cli import imageio
 from dossr_cli.batch.job import UpscaleParams, compare_picture, run_jobs
-from dossr_cli.batch.journal import JOURNAL_NAME, Journal, content_sha256, params_key
+from dossr_cli.batch import journal as claims
+from dossr_cli.batch.journal import JOURNAL_NAME, DiskFullError, Journal, content_sha256, is_disk_full, params_key
 from dossr_cli.errors import DossrError
 from dossr_cli.pipeline import DoSSRPipeline
 from dossr_cli.solver import StepCallback
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+POLL_SECONDS = 0.5  # how often a run looks again at images other runs hold
 
 
 @dataclass(frozen=True)
@@ -35,10 +38,11 @@ class BatchItem:
 @dataclass(frozen=True)
 class Outcome:
     rel: str
-    status: str  # "done", "skipped" or "failed"
+    status: str  # "done", "skipped", "elsewhere" (done by another run while this one ran) or "failed"
     detail: str = ""  # the output file, or for a failure what went wrong
     seconds: float = 0.0
     notes: tuple[str, ...] = ()  # things the user should hear about (alpha flattened, metadata dropped)
+    disk_full: bool = False  # the failure was a full disk: the run stops, the image is not failed
 
 
 def list_inputs(root: Path, recursive: bool, include: Iterable[str] = (), exclude: Iterable[str] = (),
@@ -72,10 +76,12 @@ def output_path(root: Path, outdir: Path, source: Path, suffix: str, fmt: str | 
 
 def plan(root: Path, outdir: Path, sources: list[Path], params: UpscaleParams, model: str, suffix: str,
          compare_dir: Path | None, journal: Journal) -> tuple[list[BatchItem], list[Outcome]]:
-    """Items to run, and the outcomes already known (skipped as done, or unreadable).
+    """Items to run, and the outcomes already known (skipped as done, unreadable, or failed for bringing down runs).
 
     `model` identifies the weights (cli.common.weights_identity): other weights redo everything.
+    Images on which a run died come after everything else, so one such image cannot block a folder.
     """
+    journal.reclaim_orphans()
     todo, known = [], []
     key = params_key(journal_params(params, model))
     for source in sources:
@@ -89,9 +95,15 @@ def plan(root: Path, outdir: Path, sources: list[Path], params: UpscaleParams, m
         if journal.is_done(rel, sha, key, output):
             known.append(Outcome(rel, "skipped", str(output)))
             continue
+        entry = journal.get(rel)
+        if entry is not None and entry.crash_failed(sha, key):
+            known.append(Outcome(rel, "failed", entry.error or claims.crash_reason(entry.crashes)))
+            continue
+        crashes = entry.crashes if entry is not None and entry.content_sha256 == sha else 0
         compare = None if compare_dir is None else compare_dir / Path(rel).parent / f"{source.stem}_compare.png"
-        todo.append(BatchItem(source, rel, output, compare, sha))
-    return todo, known
+        todo.append((crashes, BatchItem(source, rel, output, compare, sha)))
+    todo.sort(key=lambda pair: pair[0])  # stable: the sorted order within each count
+    return [item for _, item in todo], known
 
 
 def journal_params(params: UpscaleParams, model: str) -> dict[str, Any]:
@@ -123,17 +135,25 @@ def process_items(pipe: DoSSRPipeline, items: Sequence[BatchItem], params: Upsca
         try:
             if isinstance(result, DossrError):
                 raise result
-            item.output.parent.mkdir(parents=True, exist_ok=True)
+            _make_folder(item.output.parent)
             imageio.write_atomic(item.output, result.data, overwrite=may_replace[i])
             if item.compare is not None:
-                item.compare.parent.mkdir(parents=True, exist_ok=True)
+                _make_folder(item.compare.parent)
                 picture = compare_picture(result.lr_rgb, result.rgb)
                 imageio.write_atomic(item.compare, imageio.encode_image(picture, None, "png", metadata="none"),
                                      overwrite=True)
             outcomes[i] = Outcome(item.rel, "done", str(item.output), result.seconds, result.notes)
         except DossrError as error:
-            outcomes[i] = Outcome(item.rel, "failed", str(error), time.perf_counter() - started)
+            outcomes[i] = Outcome(item.rel, "failed", str(error), time.perf_counter() - started,
+                                  disk_full=is_disk_full(error))
     return [outcomes[i] for i in range(len(items))]
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DossrError(f"cannot create the folder '{folder}': {error.strerror or error}") from error
 
 
 def process_item(pipe: DoSSRPipeline, item: BatchItem, params: UpscaleParams, may_replace: bool,
@@ -147,31 +167,68 @@ def run_local(pipe: DoSSRPipeline, items: list[BatchItem], params: UpscaleParams
               on_outcome: Callable[[Outcome], None] | None = None, callback: StepCallback | None = None,
               notify: Callable[[str], None] | None = None,
               tile_callback: Callable[[int, int], None] | None = None) -> list[Outcome]:
-    """Items in this process, `batch_size` at a time (same sizes batched), the journal updated around each."""
+    """Items in this process, `batch_size` at a time (same sizes batched), each claimed in the journal first.
+
+    Images other runs hold are looked at again until they are finished (by them, or here if their run dies);
+    an image whose run died during this one goes to the end. A full disk raises DiskFullError once what
+    finished is recorded.
+    """
     outcomes = []
     pixel = journal_params(params, model)
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        replace = []
-        for item in chunk:
-            if on_start:
-                on_start(item)
-            replace.append(overwrite or journal.owns(item.output))
-            journal.running(item.rel, item.sha256, pixel, item.output)
-        for item, outcome in zip(chunk, process_items(pipe, chunk, params, replace, callback, notify, tile_callback)):
+    queue, held = deque(items), list[BatchItem]()
+
+    def finish(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        if on_outcome:
+            on_outcome(outcome)
+
+    while queue or held:
+        chunk, replace = [], []
+        while queue and len(chunk) < batch_size:
+            item = queue.popleft()
+            claim = journal.claim(item.rel, item.sha256, pixel, item.output)
+            if claim.result == claims.CLAIMED:
+                if on_start:
+                    on_start(item)
+                chunk.append(item)
+                replace.append(overwrite or claim.may_replace)
+            elif claim.result == claims.HELD:
+                held.append(item)
+            elif claim.result == claims.ORPHANED:
+                queue.append(item)  # its run died on it: after everything else
+            else:
+                finish(claimed_elsewhere(item, claim))
+        if not chunk:
+            if held and not queue:
+                time.sleep(POLL_SECONDS)
+                queue.extend(held)
+                held.clear()
+            continue
+        results = process_items(pipe, chunk, params, replace, callback, notify, tile_callback)
+        for item, outcome in sorted(zip(chunk, results), key=lambda pair: pair[1].disk_full):
             record(journal, item, pixel, outcome)
-            outcomes.append(outcome)
-            if on_outcome:
-                on_outcome(outcome)
+            finish(outcome)
     return outcomes
 
 
+def claimed_elsewhere(item: BatchItem, claim: claims.Claim) -> Outcome:
+    """The outcome of an image this run did not get to compute."""
+    if claim.result == claims.DONE_ELSEWHERE:
+        return Outcome(item.rel, "elsewhere", str(item.output))
+    if claim.result == claims.FAILED_ELSEWHERE:
+        return Outcome(item.rel, "failed", f"{claim.error} (in another run on this folder)")
+    return Outcome(item.rel, "failed", claim.error or claims.crash_reason(claims.CRASH_LIMIT))
+
+
 def record(journal: Journal, item: BatchItem, pixel: dict, outcome: Outcome) -> None:
+    """The outcome into the journal; a full disk is no failure of the image: the run stops there."""
+    if outcome.disk_full:
+        raise DiskFullError(item.output)
     if outcome.status == "done":
         journal.done(item.rel, item.sha256, pixel, item.output, outcome.seconds)
     else:
         journal.failed(item.rel, item.sha256, pixel, item.output, outcome.detail)
 
 
-__all__ = ["JOURNAL_NAME", "BatchItem", "Outcome", "journal_params", "list_inputs", "plan", "process_item", "process_items", "record",
-           "run_local"]
+__all__ = ["JOURNAL_NAME", "BatchItem", "Outcome", "claimed_elsewhere", "journal_params", "list_inputs", "plan",
+           "process_item", "process_items", "record", "run_local"]

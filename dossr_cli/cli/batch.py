@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from dossr_cli.batch.journal import JOURNAL_NAME, Journal
+from dossr_cli.batch.journal import JOURNAL_NAME, DiskFullError, Journal
 from dossr_cli.cli import common
 from dossr_cli.cli.console import error_line, say, stderr, stdout
 from dossr_cli.cli.progress import progress_bars
@@ -73,7 +73,8 @@ def batch(
 ) -> None:
     """Upscale every image in a folder; re-runs skip what is done and retry what failed.
 
-    Exit codes: 0 all done, 1 some images failed, 2 usage error, 130 interrupted.
+    Several runs may share one folder (one per GPU, say): each image is computed by one of them.
+    Exit codes: 0 all done, 1 some images failed or the disk is full, 2 usage error, 130 interrupted.
     """
     params = common.make_params(scale, width, height, steps, order, t1, seed, color_fix, format, quality,
                                 metadata, max_pixels, tile_size, tile_overlap, max_memory, max_output_pixels)
@@ -118,12 +119,15 @@ def batch(
         # so that weights that cannot be loaded leave nothing behind.
         pipe = common.load_pipeline(bundle, device, dtype)
     journal = Journal(outdir)
+    outcomes: list[Outcome] = []
+    stopped: DiskFullError | None = None
     try:
         compare_dir = compare.resolve() if compare is not None else None
-        todo, outcomes = plan(root, outdir, sources, params, model, suffix, compare_dir, journal)
-        say(f"{len(sources)} images: {len(todo)} to do, {len(outcomes)} already done or unreadable -> {outdir}",
+        todo, known = plan(root, outdir, sources, params, model, suffix, compare_dir, journal)
+        say(f"{len(sources)} images: {len(todo)} to do, {len(known)} already done or unreadable -> {outdir}",
             quiet)
-        for outcome in outcomes:
+        for outcome in known:
+            outcomes.append(outcome)
             report(outcome)
         if todo and engine == "ray":
             from dossr_cli.batch.ray_engine import run_ray
@@ -134,28 +138,34 @@ def batch(
 
                 def finished_remotely(outcome: Outcome) -> None:
                     bars.done_image()
+                    outcomes.append(outcome)
                     report(outcome)
 
-                outcomes += run_ray(bundle, device, dtype, todo, params, model, journal, overwrite, address, workers,
-                                    gpus_per_worker, on_start=lambda item: bars.start_image(item.rel),
-                                    on_outcome=finished_remotely,
-                                    notify=lambda message: say(f"dossr: note: {message}", quiet))
+                run_ray(bundle, device, dtype, todo, params, model, journal, overwrite, address, workers,
+                        gpus_per_worker, on_start=lambda item: bars.start_image(item.rel),
+                        on_outcome=finished_remotely, notify=lambda message: say(f"dossr: note: {message}", quiet))
         elif todo:
             if pipe is None:
                 pipe = common.load_pipeline(bundle, device, dtype)
             with progress_bars(len(todo), params.steps, quiet) as bars:
                 def finished(outcome: Outcome) -> None:
                     bars.done_image()
+                    outcomes.append(outcome)
                     report(outcome)
 
                 size = batch_size or (4 if pipe.device.type == "cuda" else 1)
-                outcomes += run_local(pipe, todo, params, model, journal, overwrite, size,
-                                      on_start=lambda item: bars.start_image(item.rel),
-                                      on_outcome=finished, callback=bars.step, tile_callback=bars.tiles,
-                                      notify=lambda message: say(f"dossr: note: {message}", quiet))
+                run_local(pipe, todo, params, model, journal, overwrite, size,
+                          on_start=lambda item: bars.start_image(item.rel), on_outcome=finished,
+                          callback=bars.step, tile_callback=bars.tiles,
+                          notify=lambda message: say(f"dossr: note: {message}", quiet))
+    except DiskFullError as error:  # what finished is recorded and kept; the rest waits for space
+        stopped = error
     finally:
         journal.close()
-    _summary(outcomes, quiet)
+    _summary(outcomes, quiet, unfinished=len(sources) - len(outcomes) if stopped else 0)
+    if stopped is not None:
+        stderr.print(f"dossr: error: {stopped}", markup=False)
+        sys.exit(stopped.exit_code)
     if any(o.status == "failed" for o in outcomes):
         sys.exit(1)
 
@@ -168,15 +178,21 @@ def _json_line(root: Path, outcome: Outcome) -> str:
     return json.dumps(result)
 
 
-def _summary(outcomes: list[Outcome], quiet: bool) -> None:
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+_SUMMARY_ROWS = {"done": "done", "skipped": "skipped", "elsewhere": "done by another run", "failed": "failed"}
+
+
+def _summary(outcomes: list[Outcome], quiet: bool, unfinished: int = 0) -> None:
+    """Counts by status; the rows for other runs' work and for what a stopped run left appear when there is any."""
+    counts = {label: sum(o.status == status for o in outcomes) for status, label in _SUMMARY_ROWS.items()}
+    counts["not done yet"] = unfinished
     if quiet:
         return
     table = Table(title="dossr batch", show_edge=False)
     table.add_column("status")
     table.add_column("images", justify="right")
     for status, count in counts.items():
-        table.add_row(status, str(count))
+        if count or status in ("done", "skipped", "failed"):
+            table.add_row(status, str(count))
     stderr.print(table)
     for outcome in outcomes:
         if outcome.status == "failed":

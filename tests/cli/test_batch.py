@@ -29,6 +29,9 @@ def tree(tmp_path):
     return root
 
 
+BROUGHT_DOWN_TWO = ("brought down 2 runs (killed or out of memory while processing it); run it alone with "
+                    "--debug or raise limits")
+
 def outputs(folder):
     return {name for name in files_in(folder) if not name.startswith(".dossr-journal")}
 
@@ -295,3 +298,84 @@ def test_same_size_images_run_as_one_batch_with_the_same_results(dossr, tmp_path
         single = np.asarray(decode(tmp_path / "single" / name), dtype=int)
         assert np.abs(batched - single).max() <= 1  # float kernels differ by ~1e-6 with the batch size
     assert dossr("batch", root, "-o", tmp_path / "x", "--batch-size", "-1").code == 2
+
+
+# ------------------------------------------------------------------------------------------------ runs that died
+
+
+def die_holding(out, rel, sha, times=1, params_of=None):
+    """A real process claims `rel` in out/'s journal and is killed holding it, `times` over (a run the kernel
+    killed out of memory leaves just this); with the parameters of the journal's row `params_of`, if given."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = (f"import os, signal; from pathlib import Path; from dossr_cli.batch.journal import Journal\n"
+            f"import json; journal = Journal(Path({str(out)!r}))\n"
+            f"row = journal.db.execute('SELECT params, output FROM jobs WHERE input = ?', ({params_of!r},)).fetchone()\n"
+            f"params, output = (json.loads(row[0]), row[1].replace({params_of!r}[:-4], {rel!r}[:-4])) if row else ({{}}, 'x')\n"
+            f"while journal.claim({rel!r}, {sha!r}, params, Path(output)).result != 'claimed': pass\n"
+            "os.kill(os.getpid(), signal.SIGKILL)")
+    for _ in range(times):
+        done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                              timeout=60, check=False)
+        assert done.returncode == -signal.SIGKILL
+
+
+@pytest.fixture
+def three(tmp_path):
+    root = tmp_path / "in"
+    for key in ("a", "b", "c"):
+        save(smooth_image(16, 16, key), root / f"{key}.png")
+    return root
+
+
+def test_an_image_a_run_died_on_is_tried_after_everything_else(dossr, three, tmp_path):
+    from dossr_cli.batch.journal import content_sha256
+
+    out = tmp_path / "out"
+    die_holding(out, "a.png", content_sha256(three / "a.png"))
+    result = dossr("batch", three, "-o", out, "--json")
+    assert result.code == 0, result.stderr
+    assert [(r["input"].rsplit("/", 1)[1], r["status"]) for r in json_lines(result)] == [
+        ("b.png", "done"), ("c.png", "done"), ("a.png", "done")]
+    assert journal_rows(out) == {"a.png": "done", "b.png": "done", "c.png": "done"}
+
+
+def test_an_image_that_brought_down_two_runs_is_failed_and_the_rest_done(dossr, three, tmp_path):
+    from dossr_cli.batch.journal import content_sha256
+
+    out = tmp_path / "out"
+    assert dossr("batch", three, "-o", out, "--include", "c.png").code == 0  # the options' row, for die_holding
+    die_holding(out, "a.png", content_sha256(three / "a.png"), times=2, params_of="c.png")
+    result = dossr("batch", three, "-o", out, "--json")
+    assert result.code == 1
+    assert result.error_lines == [f"dossr: error: a.png: {BROUGHT_DOWN_TWO}"]
+    assert statuses(result) == {"a.png": "failed", "b.png": "done", "c.png": "skipped"}
+    assert batch_summary(result.stderr) == {"done": 1, "skipped": 1, "failed": 1}
+    again = dossr("batch", three, "-o", out, "--json")  # not tried again: it would bring this run down too
+    assert again.code == 1 and statuses(again) == {"a.png": "failed", "b.png": "skipped", "c.png": "skipped"}
+    assert outputs(out) == {"b_x4.png", "c_x4.png"}
+    save(smooth_image(16, 16, "a, replaced"), three / "a.png")  # another file: tried afresh
+    fixed = dossr("batch", three, "-o", out, "--json")
+    assert fixed.code == 0 and statuses(fixed) == {"a.png": "done", "b.png": "skipped", "c.png": "skipped"}
+
+
+def test_a_run_stopped_by_ctrl_c_is_no_crash(dossr, three, tmp_path, monkeypatch):
+    """Ctrl-C hands the image back: the next run takes it in its place, and nothing is counted against it."""
+    from dossr_cli.pipeline import DoSSRPipeline
+
+    out = tmp_path / "out"
+    original = DoSSRPipeline.upscale_tensor
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DoSSRPipeline, "upscale_tensor", interrupted)
+    assert dossr("batch", three, "-o", out).code == 130
+    monkeypatch.setattr(DoSSRPipeline, "upscale_tensor", original)
+    result = dossr("batch", three, "-o", out, "--json")
+    assert result.code == 0 and [r["input"].rsplit("/", 1)[1] for r in json_lines(result)] == ["a.png", "b.png", "c.png"]
+    with contextlib.closing(sqlite3.connect(out / JOURNAL_NAME)) as db:
+        assert db.execute("SELECT SUM(crashes) FROM jobs").fetchone() == (0,)
