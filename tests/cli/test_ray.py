@@ -216,6 +216,33 @@ def test_a_worker_lost_while_loading_the_weights_is_replaced(dossr, ray_runtime,
     assert journal_rows(out) == {f"{name}.png": "done" for name in names}
 
 
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the actor's process through /proc")
+def test_workers_that_never_finish_loading_stop_the_run_instead_of_looping(dossr, ray_runtime, tmp_path):
+    from dossr_cli.batch.ray_engine import ATTEMPTS
+
+    save(smooth_image(16, 16, "n"), tmp_path / "in" / "n.png")
+    finished, killed = threading.Event(), set()
+
+    def kill_every_loading_worker() -> None:
+        while not finished.wait(0.01):
+            for pid in set(upscaler_pids("ray::Upscaler.__init__")) - killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+
+    killer = threading.Thread(target=kill_every_loading_worker, daemon=True)
+    killer.start()
+    try:
+        result = dossr("batch", tmp_path / "in", "-o", tmp_path / "out", "--engine", "ray")
+    finally:
+        finished.set()
+        killer.join()
+    assert result.code == 1 and len(killed) == ATTEMPTS + 1, result.stderr  # one actor for one image
+    assert len(result.error_lines) == 1 and result.error_lines[0].startswith(
+        f"dossr: error: a Ray worker could not start: {ATTEMPTS + 1} were lost while loading the weights (last: ")
+    assert result.stderr.count("a Ray worker was lost while loading the weights; starting another") == ATTEMPTS
+    assert outputs(tmp_path / "out") == set()
+
 THREADS = 2  # the driver's torch threads, so each CPU actor holds 2 CPUs: one per worker node below
 LOST_NODE_IMAGES = [f"i{n}" for n in range(9)]
 
