@@ -43,6 +43,7 @@ SIZES = {"a": (64, 64), "b": (48, 80), "c": (16, 24)}  # 64 x 64 is large enough
 # --tile-size auto tiles by the free memory where an image runs, which changes from moment to moment
 # (page cache counts as used): a fixed budget takes that out of the comparison of engines.
 SAME_TILES = ("--max-memory", "8GB")
+LOST_LOADING = "a Ray worker was lost while loading the weights; starting another"  # the note
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +210,7 @@ def test_a_worker_lost_while_loading_the_weights_is_replaced(dossr, ray_runtime,
     result = dossr("batch", root, "-o", out, "--engine", "ray", "--json")
     killer.join()
     assert killed and result.code == 0, result.stderr
-    assert "a Ray worker was lost while loading the weights; starting another" in result.stderr
+    assert LOST_LOADING in result.stderr
     assert sorted(json.loads(line)["input"] for line in result.stdout.decode().splitlines()) == [
         str(root / f"{name}.png") for name in names]
     assert outputs(out) == {f"{name}_x4.png" for name in names}
@@ -273,10 +274,25 @@ def done_so_far(out: Path) -> list[str]:
     return []
 
 
+def wait_until_dead(address: str, node_id: str, timeout: float = 60) -> None:
+    """Until the cluster's failure detector has declared the node dead (GcsNodeInfo.state DEAD is 1)."""
+    from ray._raylet import GcsClient
+
+    client, deadline = GcsClient(address=address), time.monotonic() + timeout
+    while {key.hex(): info.state for key, info in client.get_all_node_info().items()}.get(node_id) != 1:
+        assert time.monotonic() < deadline, "the cluster never noticed that the node was gone"
+        time.sleep(0.1)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds each node's processes through /proc")
 def test_a_node_lost_mid_run_loses_no_image(dossr, two_node_cluster, tiny_weights, tmp_path):
     """`dossr batch --address` on a real multi-node cluster; once an image is done, the worker node whose
-    actor is upscaling one is killed outright (raylet, object store, its workers: a machine gone)."""
+    actor is upscaling one is killed outright (raylet, object store, its workers: a machine gone).
+
+    The other node's actor is held still until the cluster has declared the node dead, so the batch
+    outlasts the failure detector, as any long batch does: the replacement actor, placed on the lost
+    node before its loss was known, dies there while loading, which once ended the run with exit 1.
+    """
     from ray._private import ray_constants
 
     cluster, worker_nodes = two_node_cluster
@@ -289,7 +305,7 @@ def test_a_node_lost_mid_run_loses_no_image(dossr, two_node_cluster, tiny_weight
     with open(tmp_path / "stdout", "wb") as stdout, open(tmp_path / "stderr", "wb") as stderr:
         child = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env)
     try:
-        victim, busy = None, set()
+        victim, busy, survivors = None, set(), set()
         deadline = time.monotonic() + 180
         while not busy and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -301,13 +317,27 @@ def test_a_node_lost_mid_run_loses_no_image(dossr, two_node_cluster, tiny_weight
                         victim = node
                         break
         assert victim is not None, f"no actor was upscaling on a worker node: {(tmp_path / 'stderr').read_text()}"
+        survivors = {pid for node in worker_nodes if node is not victim for pid in set(upscaler_pids("ray::Upscaler"))
+                     & descendants(node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid)}
+        for pid in survivors:  # held still, as a long batch would be, until the cluster has noticed the loss
+            os.kill(pid, signal.SIGSTOP)
         cluster.remove_node(victim, allow_graceful=False)  # SIGKILL; it checks that none of the node's services is left
         deadline = time.monotonic() + 30
         while any(map(alive, busy)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(map(alive, busy)), "the lost node's actor is still running"
+        wait_until_dead(cluster.address, victim.node_id)
+        deadline = time.monotonic() + 10  # the replacement, sent to the dead node before it was known dead
+        while child.poll() is None and LOST_LOADING not in (tmp_path / "stderr").read_text() and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in survivors:
+            os.kill(pid, signal.SIGCONT)
         child.wait(timeout=300)
     finally:
+        for pid in survivors:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
         child.kill()
     stderr = (tmp_path / "stderr").read_text()
     assert child.returncode == 0, stderr
