@@ -9,7 +9,8 @@ from conftest import smooth_image, to_tensor
 from PIL import Image
 
 from dossr_cli.colorfix import wavelet_low_frequency
-from dossr_cli.pipeline import output_size, reflect_pad_to_multiple
+from dossr_cli.pipeline import DoSSRPipeline, output_size, reflect_pad_to_multiple
+from dossr_cli.random_weights import random_networks
 
 
 @pytest.mark.parametrize("scale", [1, 2, 3.5, 4])
@@ -34,12 +35,16 @@ def test_same_seed_same_output_and_different_seed_different(tiny_pipeline):
     assert np.abs(a.astype(int) - c.astype(int)).mean() > 0.5
 
 
-def test_an_image_gives_the_same_output_alone_and_in_a_batch(tiny_pipeline):
+def test_an_image_gives_the_same_output_alone_and_in_a_batch():
+    """The same noise and no cross-talk, shown in float64: float32 kernels sum in a batch-size- and
+    thread-dependent order, which alone moves the float32 image by 2-3e-6 (4x under the bound once
+    used). In float64 the two images are equal to the float32 output's rounding; another image's
+    noise (seed 10) moves pixels by up to 1."""
+    pipe = DoSSRPipeline(random_networks(seed=0), device="cpu", dtype=torch.float64)
     images = torch.cat([to_tensor(smooth_image(16, 16, key)) for key in ("a", "b", "c")])
-    batch = tiny_pipeline.upscale_tensor(images, seed=9)
-    alone = tiny_pipeline.upscale_tensor(images[1:2], seed=9)
-    # batch-size-dependent float kernels differ by ~2e-6; the noise itself is identical
-    torch.testing.assert_close(batch[1:2], alone, rtol=0, atol=1e-5)
+    batch = pipe.upscale_tensor(images, seed=9)
+    alone = pipe.upscale_tensor(images[1:2], seed=9)
+    torch.testing.assert_close(batch[1:2], alone, rtol=0, atol=1e-6)
     assert not torch.allclose(batch[0], batch[1])
 
 

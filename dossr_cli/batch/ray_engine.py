@@ -104,8 +104,9 @@ def run_ray(bundle: Path, device: str, dtype: str, items: list[BatchItem], param
     """Items on Ray actors, the journal updated around each in this process, as `run_local` does.
 
     An item whose actor dies (the process killed, the node lost) goes to a fresh actor, up
-    to ATTEMPTS times. Joins the cluster at `address` (default $RAY_ADDRESS), else starts a
-    local runtime; a Ray this call started or joined is shut down when it returns.
+    to ATTEMPTS times; an actor lost before it has loaded the weights is replaced too. Joins
+    the cluster at `address` (default $RAY_ADDRESS), else starts a local runtime; a Ray this
+    call started or joined is shut down when it returns.
     """
     import ray
     import torch
@@ -129,6 +130,7 @@ def run_ray(bundle: Path, device: str, dtype: str, items: list[BatchItem], param
         pixel = journal_params(params, model)
         queue, retries = deque(items), deque[_Attempt]()
         outcomes = []
+        lost_loading = 0  # actors lost before their weights were loaded
         try:
             for _ in range(count):
                 spawn()
@@ -153,7 +155,19 @@ def run_ray(bundle: Path, device: str, dtype: str, items: list[BatchItem], param
                 done, _ = ray.wait([*starting, *running], num_returns=1, timeout=1.0)  # a timeout lets Ctrl-C in
                 for ref in done:
                     if ref in starting:
-                        idle.append(_loaded(ray, ref, starting.pop(ref)))
+                        actor = starting.pop(ref)
+                        if (lost := _lost_while_loading(ray, ref)) is None:
+                            idle.append(actor)
+                            continue
+                        ray.kill(actor)
+                        lost_loading += 1
+                        if lost_loading > ATTEMPTS * count:  # every node kills them: stop rather than loop
+                            raise DossrError(f"a Ray worker could not start: {lost_loading} were lost while "
+                                             f"loading the weights (last: {_first_line(lost)})") from lost
+                        if queue or retries:
+                            if notify:
+                                notify("a Ray worker was lost while loading the weights; starting another")
+                            spawn()
                         continue
                     actor, attempt = running.pop(ref)
                     try:
@@ -178,15 +192,19 @@ def run_ray(bundle: Path, device: str, dtype: str, items: list[BatchItem], param
     return outcomes
 
 
-def _loaded(ray: Any, ready: Any, actor: Any) -> Any:
-    """The actor once its weights are loaded; a load that failed stops the run, as it would locally."""
+def _lost_while_loading(ray: Any, ready: Any) -> Exception | None:
+    """None once the actor has loaded its weights; Ray's error if the actor was lost first (its process
+    killed, its node gone), so that another takes its place. A load that failed, or a constructor that
+    raised, stops the run, as it would locally."""
     try:
         error = ray.get(ready)
     except ray.exceptions.RayActorError as died:
+        if not died.actor_init_failed:
+            return died
         raise DossrError(f"a Ray worker could not start: {_first_line(died)}") from died
     if error is not None:
         raise error
-    return actor
+    return None
 
 
 def _first_attempt(item: BatchItem, journal: Journal, pixel: dict, overwrite: bool,

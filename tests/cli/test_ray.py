@@ -11,7 +11,9 @@ import contextlib
 import json
 import logging
 import os
+import re
 import select
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -41,6 +43,7 @@ SIZES = {"a": (64, 64), "b": (48, 80), "c": (16, 24)}  # 64 x 64 is large enough
 # --tile-size auto tiles by the free memory where an image runs, which changes from moment to moment
 # (page cache counts as used): a fixed budget takes that out of the comparison of engines.
 SAME_TILES = ("--max-memory", "8GB")
+LOST_LOADING = "a Ray worker was lost while loading the weights; starting another"  # the note
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +185,181 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the actor's process through /proc")
+def test_a_worker_lost_while_loading_the_weights_is_replaced(dossr, ray_runtime, tmp_path):
+    """A worker can be lost before its first image too (its node gone, its process killed): another takes
+    its place and the batch goes on, where a load that fails for a reason stops it (the test below)."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    names = [f"w{n}" for n in range(3)]
+    for name in names:
+        save(smooth_image(32, 32, name), root / f"{name}.png")
+    killed = []
+
+    def kill_a_loading_worker() -> None:
+        deadline = time.monotonic() + 120
+        while not killed and time.monotonic() < deadline:
+            if loading := upscaler_pids("ray::Upscaler.__init__"):
+                os.kill(loading[0], signal.SIGKILL)
+                killed.append(loading[0])
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_a_loading_worker, daemon=True)
+    killer.start()
+    result = dossr("batch", root, "-o", out, "--engine", "ray", "--json")
+    killer.join()
+    assert killed and result.code == 0, result.stderr
+    assert LOST_LOADING in result.stderr
+    assert sorted(json.loads(line)["input"] for line in result.stdout.decode().splitlines()) == [
+        str(root / f"{name}.png") for name in names]
+    assert outputs(out) == {f"{name}_x4.png" for name in names}
+    assert journal_rows(out) == {f"{name}.png": "done" for name in names}
+
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the actor's process through /proc")
+def test_workers_that_never_finish_loading_stop_the_run_instead_of_looping(dossr, ray_runtime, tmp_path):
+    from dossr_cli.batch.ray_engine import ATTEMPTS
+
+    save(smooth_image(16, 16, "n"), tmp_path / "in" / "n.png")
+    finished, killed = threading.Event(), set()
+
+    def kill_every_loading_worker() -> None:
+        while not finished.wait(0.01):
+            for pid in set(upscaler_pids("ray::Upscaler.__init__")) - killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+
+    killer = threading.Thread(target=kill_every_loading_worker, daemon=True)
+    killer.start()
+    try:
+        result = dossr("batch", tmp_path / "in", "-o", tmp_path / "out", "--engine", "ray")
+    finally:
+        finished.set()
+        killer.join()
+    assert result.code == 1 and len(killed) == ATTEMPTS + 1, result.stderr  # one actor for one image
+    assert len(result.error_lines) == 1 and result.error_lines[0].startswith(
+        f"dossr: error: a Ray worker could not start: {ATTEMPTS + 1} were lost while loading the weights (last: ")
+    assert result.stderr.count("a Ray worker was lost while loading the weights; starting another") == ATTEMPTS
+    assert outputs(tmp_path / "out") == set()
+
+THREADS = 2  # the driver's torch threads, so each CPU actor holds 2 CPUs: one per worker node below
+LOST_NODE_IMAGES = [f"i{n}" for n in range(9)]
+
+
+@pytest.fixture
+def two_node_cluster(monkeypatch):
+    """A Ray cluster of three raylets on this machine: a head without CPUs, which the driver joins, and
+    two worker nodes of THREADS CPUs, so each worker node holds exactly one actor. The failure detector
+    declares a silent node dead after about 5 s (Ray's default, about 15 s, only makes the test wait)."""
+    cluster_utils = pytest.importorskip("ray.cluster_utils")
+    monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # the nodes' workers inherit this environment
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    detector = {"health_check_period_ms": 1000, "health_check_timeout_ms": 1000, "health_check_failure_threshold": 5}
+    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False, "_system_config": detector})
+    try:
+        yield cluster, [cluster.add_node(num_cpus=THREADS) for _ in range(2)]
+    finally:
+        cluster.shutdown()
+
+
+def done_so_far(out: Path) -> list[str]:
+    """The journal's done rows, read without creating or locking anything."""
+    with contextlib.suppress(sqlite3.Error):
+        uri = f"{(out / JOURNAL_NAME).as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            return [row[0] for row in db.execute("SELECT input FROM jobs WHERE status = 'done'")]
+    return []
+
+
+def wait_until_dead(address: str, node_id: str, timeout: float = 60) -> None:
+    """Until the cluster's failure detector has declared the node dead (GcsNodeInfo.state DEAD is 1)."""
+    from ray._raylet import GcsClient
+
+    client, deadline = GcsClient(address=address), time.monotonic() + timeout
+    while {key.hex(): info.state for key, info in client.get_all_node_info().items()}.get(node_id) != 1:
+        assert time.monotonic() < deadline, "the cluster never noticed that the node was gone"
+        time.sleep(0.1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds each node's processes through /proc")
+def test_a_node_lost_mid_run_loses_no_image(dossr, two_node_cluster, tiny_weights, tmp_path):
+    """`dossr batch --address` on a real multi-node cluster; once an image is done, the worker node whose
+    actor is upscaling one is killed outright (raylet, object store, its workers: a machine gone).
+
+    The other node's actor is held still until the cluster has declared the node dead, so the batch
+    outlasts the failure detector, as any long batch does: the replacement actor, placed on the lost
+    node before its loss was known, dies there while loading, which once ended the run with exit 1.
+    """
+    from ray._private import ray_constants
+
+    cluster, worker_nodes = two_node_cluster
+    root, out = tmp_path / "in", tmp_path / "out"
+    for name in LOST_NODE_IMAGES:  # the first one small, so one is done while the other actor is busy
+        save(smooth_image(*((16, 16) if name == "i0" else (64, 64)), name), root / f"{name}.png")
+    command = dossr_command("batch", root, "-o", out, "--engine", "ray", "--address", cluster.address,
+                            "--weights", tiny_weights, "--steps", 1, "--json", *SAME_TILES)
+    env = {**subprocess_env(), "OMP_NUM_THREADS": str(THREADS)}
+    with open(tmp_path / "stdout", "wb") as stdout, open(tmp_path / "stderr", "wb") as stderr:
+        child = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env)
+    try:
+        victim, busy, survivors = None, set(), set()
+        deadline = time.monotonic() + 180
+        while not busy and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+            if done_so_far(out):
+                upscaling = set(upscaler_pids("ray::Upscaler.run"))
+                for node in worker_nodes:
+                    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+                    if busy := upscaling & descendants(raylet):
+                        victim = node
+                        break
+        assert victim is not None, f"no actor was upscaling on a worker node: {(tmp_path / 'stderr').read_text()}"
+        survivors = {pid for node in worker_nodes if node is not victim for pid in set(upscaler_pids("ray::Upscaler"))
+                     & descendants(node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid)}
+        for pid in survivors:  # held still, as a long batch would be, until the cluster has noticed the loss
+            os.kill(pid, signal.SIGSTOP)
+        cluster.remove_node(victim, allow_graceful=False)  # SIGKILL; it checks that none of the node's services is left
+        deadline = time.monotonic() + 30
+        while any(map(alive, busy)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(map(alive, busy)), "the lost node's actor is still running"
+        wait_until_dead(cluster.address, victim.node_id)
+        deadline = time.monotonic() + 10  # the replacement, sent to the dead node before it was known dead
+        while child.poll() is None and LOST_LOADING not in (tmp_path / "stderr").read_text() and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in survivors:
+            os.kill(pid, signal.SIGCONT)
+        child.wait(timeout=300)
+    finally:
+        for pid in survivors:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+        child.kill()
+    stderr = (tmp_path / "stderr").read_text()
+    assert child.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    retried = re.findall(r"a Ray worker died while upscaling (\S+); running it again", stderr)
+    assert retried, stderr  # the image the lost node was upscaling went to the other one
+    lines = [json.loads(line) for line in (tmp_path / "stdout").read_text().splitlines()]
+    assert sorted((line["input"], line["status"]) for line in lines) == [
+        (str(root / f"{name}.png"), "done") for name in LOST_NODE_IMAGES]  # each once
+    assert outputs(out) == {f"{name}_x4.png" for name in LOST_NODE_IMAGES}  # no copy, no temporary left
+    for name in LOST_NODE_IMAGES:
+        assert decode(out / f"{name}_x4.png").size == tuple(4 * side for side in decode(root / f"{name}.png").size)
+    assert journal_rows(out) == {f"{name}.png": "done" for name in LOST_NODE_IMAGES}
+    assert batch_summary(stderr) == {"done": len(LOST_NODE_IMAGES), "skipped": 0, "failed": 0}
+    (tmp_path / "again").mkdir()
+    for name in set(retried):  # what the other node wrote for the lost one is what a local run writes
+        shutil.copy(root / name, tmp_path / "again" / name)
+    local = dossr("batch", tmp_path / "again", "-o", tmp_path / "local", "--batch-size", 1, *SAME_TILES)
+    assert local.code == 0, local.stderr
+    for name in set(retried):
+        output = Path(name).stem + "_x4.png"
+        assert (out / output).read_bytes() == (tmp_path / "local" / output).read_bytes(), output
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="follows the child's processes through /proc")
