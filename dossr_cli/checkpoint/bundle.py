@@ -83,7 +83,8 @@ def read_bundle_config(folder: Path) -> dict[str, Any]:
     """The bundle's dossr.json, checked field by field: a damaged one is refused in one line, never half-read."""
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
-        raise BundleError(f"{folder} is not a dossr weight bundle (no {CONFIG_NAME})")
+        raise BundleError(f"{folder} is not a dossr weight bundle (no {CONFIG_NAME}): point --weights at a bundle "
+                          "folder, a .ckpt file or a name, or download or import the weights again")
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise ValueError(f"{path.stat().st_size} bytes is far more than a {CONFIG_NAME} holds")
