@@ -1,14 +1,15 @@
 """Time and peak memory of loading a full-size bundle, the sha256 check included.
 
-Writes a random-weight bundle with the real model's shapes (1717.6 M values: ModelConfig()'s
-defaults) unless --bundle names one, then loads it `--runs` times, each in a fresh child
-process sharing one dossr cache folder, and reports each load's wall time (load_bundle only,
-not the imports) and the child's peak resident memory against the bundle's size.
+Writes a random-weight bundle with the real model's shapes (ModelConfig()'s defaults: 1.36 G
+values, as the text tower is not part of a bundle) unless --bundle names one, then loads it
+`--runs` times, each in a fresh child process sharing one dossr cache folder, and reports each
+load's wall time (load_bundle only, not the imports), the child's CPU time (imports included:
+steadier on a busy machine) and its peak resident memory against the bundle's size.
 
     python benchmarks/bundle_load.py [--dtype fp16|fp32] [--workdir DIR] [--keep] [--bundle PATH]
 
-The files are read from the page cache after the first run (dropping it needs root). An fp16
-bundle needs 3.4 GB of disk and about 6 GB of memory to write; fp32 twice that.
+The files are read from the page cache when memory allows (dropping it needs root). An fp16
+bundle is 2.7 GB and needs about 5 GB of memory to write; fp32 twice that.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def load_once(bundle: Path, cache: Path) -> dict:
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode:
         raise SystemExit(f"load failed with exit code {child.returncode}")
-    return {**json.loads(out), "peak_rss_bytes": usage.ru_maxrss * 1024}  # Linux reports KiB
+    return {**json.loads(out), "process_cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+            "peak_rss_bytes": usage.ru_maxrss * 1024}  # Linux reports KiB
 
 
 def main() -> None:
