@@ -107,11 +107,20 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 
 def _read_exact(handle, count: int, digest) -> bytes:  # noqa: ANN001 - a raw file and a hashlib object
-    data = handle.read(count)
-    if len(data) != count:
-        raise DamagedFileError("ended early while it was read (truncated?)")
-    digest.update(data)
-    return data
+    buffer = bytearray(count)
+    _fill(handle, memoryview(buffer))
+    digest.update(buffer)
+    return bytes(buffer)
+
+
+def _fill(handle, piece: memoryview) -> None:  # noqa: ANN001
+    """Fill `piece` from the file: a raw read may return less than asked."""
+    got = 0
+    while got < len(piece):
+        more = handle.readinto(piece[got:])
+        if not more:
+            raise DamagedFileError("ended early while it was read (truncated?)")
+        got += more
 
 
 def _read_into(handle, tensor: torch.Tensor, digest) -> None:  # noqa: ANN001
@@ -121,14 +130,7 @@ def _read_into(handle, tensor: torch.Tensor, digest) -> None:  # noqa: ANN001
     view = memoryview(tensor.view(-1).view(torch.uint8).numpy())
     for start in range(0, len(view), CHUNK):
         piece = view[start:start + CHUNK]
-        got = handle.readinto(piece)
-        while got and got < len(piece):  # a raw read may return less than asked
-            more = handle.readinto(piece[got:])
-            if not more:
-                break
-            got += more
-        if got != len(piece):
-            raise DamagedFileError("ended early while it was read (truncated?)")
+        _fill(handle, piece)
         digest.update(piece)
 
 
