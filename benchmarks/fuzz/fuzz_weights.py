@@ -137,6 +137,7 @@ def fuzz_checkpoints(count: int, work: Path, rng: random.Random, hang: int, find
             stats["cases redrawn"] += 1
             print(f"  (redrawn: {type(error).__name__})", file=sys.stderr)
             continue
+        stats["checkpoint carrying code"] += "payload" in what
         error = run_case("checkpoint", lambda case=case, out=out: import_checkpoint(case, out), expectation,
                          case.name, hang, findings, stats, what)
         if marker.exists():
