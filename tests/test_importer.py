@@ -156,3 +156,71 @@ def test_loading_rehashes_a_bundle_whose_file_changed_since_it_was_verified(tiny
     target.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="sha256"):
         load_bundle(bundle)
+
+
+def _record_data_range(path, name_part):
+    """Where the bytes of the first zip record whose name contains `name_part` lie in the file."""
+    import struct
+    import zipfile
+
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if name_part in i.filename)
+    name_length, extra_length = struct.unpack_from("<HH", data, info.header_offset + 26)
+    start = info.header_offset + 30 + name_length + extra_length
+    return start, start + info.compress_size
+
+
+def _refused_before_anything_is_written(path, tmp_path, match):
+    out = tmp_path / "out"
+    with pytest.raises(WeightsError, match=match) as error:
+        import_checkpoint(path, out)
+    message = str(error.value)
+    assert "\n" not in message and str(path) in message and "again" in message, message
+    assert not out.exists() and not any(".partial" in p.name for p in tmp_path.iterdir())
+    return message
+
+
+def test_a_zip_record_whose_crc32_does_not_match_is_refused(tinyb_ckpt, tmp_path):
+    """torch's zip reader never checks CRC-32: one flipped bit in a tensor record used to import silently."""
+    start, end = _record_data_range(tinyb_ckpt, "/data/")
+    data = bytearray(tinyb_ckpt.read_bytes())
+    data[(start + end) // 2] ^= 0x04  # a different, finite weight: only the CRC-32 tells
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(bytes(data))
+    _refused_before_anything_is_written(damaged, tmp_path, "CRC-32")
+
+
+KEY = "control_model.input_blocks.1.0.in_layers.2.weight"  # a conv kernel of the ControlNet
+IMPLAUSIBLE = {
+    "all NaN": (lambda v: torch.full_like(v, float("nan")), "NaN or infinite"),
+    "one inf": (lambda v: v.clone().index_fill_(0, torch.tensor([0]), float("inf")), "NaN or infinite"),
+    "1e38": (lambda v: v * 1e38, "far beyond"),
+    "all zeros": (lambda v: torch.zeros_like(v), "all zeros"),
+    "int": (lambda v: (v * 100).to(torch.int32), "int32 values where float"),
+    "bool": (lambda v: v > 0, "bool values where float"),
+    "complex": (lambda v: v.to(torch.complex64), "complex64 values where float"),
+}
+
+
+@pytest.mark.parametrize("case", IMPLAUSIBLE, ids=list(IMPLAUSIBLE))
+def test_implausible_weights_are_refused_in_one_line_before_anything_is_written(tmp_path, case):
+    make, phrase = IMPLAUSIBLE[case]
+    state = authors_state_dict("tinyb")
+    assert state[KEY].dim() == 4
+    state[KEY] = make(state[KEY])
+    path = tmp_path / f"{case.replace(' ', '_')}.ckpt"
+    torch.save(state, path)
+    assert KEY in _refused_before_anything_is_written(path, tmp_path, phrase)
+
+
+def test_the_magnitude_bound_lies_between_large_weights_and_absurd_ones(tmp_path):
+    """A kernel scaled to 1e3 is unusual but imports; 1e5 (beyond the 1e4 bound) is refused."""
+    state = authors_state_dict("tinyb")
+    unit = state[KEY] / state[KEY].abs().max()
+    state[KEY] = unit * 1e5
+    torch.save(state, tmp_path / "absurd.ckpt")
+    _refused_before_anything_is_written(tmp_path / "absurd.ckpt", tmp_path, "up to 1e\\+05")
+    state[KEY] = unit * 1e3
+    torch.save(state, tmp_path / "large.ckpt")
+    assert (import_checkpoint(tmp_path / "large.ckpt", tmp_path / "out") / "dossr.json").is_file()

@@ -27,8 +27,8 @@ def other_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def verified_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A dossr cache shared by the in-process runs: the tiny bundle's sha256 check is recorded there once
-    instead of being redone in every test's fresh cache."""
+    """A dossr cache shared by the in-process runs (its bookkeeping, not a shortcut: every load still
+    hashes the tiny bundle as it reads it, which takes milliseconds)."""
     return str(tmp_path_factory.mktemp("dossr-cache-shared"))
 
 
