@@ -21,7 +21,6 @@ import contextlib
 import errno
 import hashlib
 import json
-import os
 import secrets
 import sqlite3
 import threading
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dossr_cli.batch.owner import Owner, this_run
+from dossr_cli.imageio import link_without_clobbering
 from dossr_cli.errors import DossrError
 
 JOURNAL_NAME = ".dossr-journal.sqlite"
@@ -144,15 +144,8 @@ def _create(path: Path) -> None:
         with contextlib.closing(sqlite3.connect(temporary, isolation_level=None)) as db:
             db.execute("PRAGMA journal_mode=WAL")  # kept in the file's header
             db.execute(_SCHEMA)
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            pass
-        except OSError as error:
-            if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
-                raise
-            if not path.exists():  # no hard links on this filesystem
-                os.rename(temporary, path)
+        with contextlib.suppress(FileExistsError):
+            link_without_clobbering(temporary, path)
     finally:
         for name in (temporary.name, temporary.name + "-wal", temporary.name + "-shm", temporary.name + "-journal"):
             with contextlib.suppress(OSError):

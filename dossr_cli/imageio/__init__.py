@@ -11,7 +11,7 @@ decode.py reads (integrity.py refuses damaged files), encode.py and atomic.py wr
 carries ICC/EXIF, colour.py holds alpha and colour management.
 """
 
-from dossr_cli.imageio.atomic import write_atomic
+from dossr_cli.imageio.atomic import link_without_clobbering, write_atomic
 from dossr_cli.imageio.colour import premultiply, unpremultiply, upscale_alpha
 from dossr_cli.imageio.common import (
     ALPHA_EPSILON,
@@ -36,6 +36,6 @@ from dossr_cli.imageio.encode import encode_image
 __all__ = [
     "ALPHA_EPSILON", "ALPHA_FORMATS", "DEFAULT_MAX_PIXELS", "FORMATS", "JPEG_QUALITY", "MAX_SIDE", "METADATA_MODES",
     "SIXTEEN_BIT_FORMATS", "WEBP_QUALITY", "DecodedImage", "ImageReadError", "ImageWriteError", "MetadataWarning",
-    "encode_image", "extension", "format_from_name", "premultiply", "read_image", "unpremultiply", "upscale_alpha",
-    "write_atomic",
+    "encode_image", "extension", "format_from_name", "link_without_clobbering", "premultiply", "read_image",
+    "unpremultiply", "upscale_alpha", "write_atomic",
 ]

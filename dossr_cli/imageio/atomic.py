@@ -38,7 +38,7 @@ def write_atomic(path: str | Path, data: bytes, overwrite: bool = False) -> None
             os.replace(temporary, path)
             placed = True
         else:
-            _link_without_clobbering(temporary, path)
+            link_without_clobbering(temporary, path)
         _fsync_folder(folder)
     except FileExistsError as error:
         raise ImageWriteError(f"'{path}' already exists; pass --overwrite to replace it") from error
@@ -81,7 +81,8 @@ def _write_all(descriptor: int, data: bytes, path: Path) -> None:
         view = view[written:]
 
 
-def _link_without_clobbering(temporary: Path, path: Path) -> None:
+def link_without_clobbering(temporary: Path, path: Path) -> None:
+    """`temporary` appears under `path` whole, or FileExistsError if something is already there."""
     try:
         os.link(temporary, path)
     except FileExistsError:
