@@ -21,7 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dossr_cli.networks import DoSSRNetworks
 from dossr_cli.networks.config import ModelConfig
-from dossr_cli.pipeline import DoSSRPipeline, dtype_name
+from dossr_cli.devices import dtype_name
+from dossr_cli.pipeline import DoSSRPipeline
 from dossr_cli.timing import StageTimer
 
 # Dense peak TFLOP/s by device name and dtype, from the vendors' data sheets (tensor cores

@@ -10,7 +10,7 @@ import torch
 from dossr_cli import imageio
 from dossr_cli.batch.job import run_jobs
 from dossr_cli.batch.params import JobTooLargeError, UpscaleParams
-from dossr_cli.pipeline import host_available_memory
+from dossr_cli.devices import host_available_memory
 
 
 def png_bytes(height: int, width: int) -> bytes:

@@ -289,7 +289,7 @@ def test_other_runtime_errors_are_not_mistaken_for_out_of_memory(tiny_pipeline, 
 
 
 def test_auto_tile_size_fits_the_budget():
-    from dossr_cli.pipeline import auto_tile_size
+    from dossr_cli.devices import auto_tile_size
 
     assert auto_tile_size(512, 512, torch.float16, 1 << 30) is None  # 0.4 GB of work: no tiling
     tile = auto_tile_size(4096, 4096, torch.float16, 8 << 30)

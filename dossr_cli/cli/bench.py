@@ -54,7 +54,7 @@ def bench(
         raise UsageError("--weights and --random-weights exclude each other: pick one")
     common.make_params(4.0, None, None, steps, order, 500, 0, "wavelet", None, None, "all", None)  # checks them
     common.check_device_dtype(device, dtype)
-    from dossr_cli.pipeline import resolve_device
+    from dossr_cli.devices import resolve_device
 
     if cuda_graphs and resolve_device(device).type != "cuda":
         raise UsageError(f"--cuda-graphs needs a CUDA device; this run is on {resolve_device(device).type}")
@@ -83,7 +83,8 @@ def _load(weights: str | None, download: bool, random_weights: bool, random_conf
     if not random_weights:
         return common.load_pipeline(common.find_weights(weights, download, quiet), device, dtype)
     from dossr_cli.networks.config import ModelConfig
-    from dossr_cli.pipeline import DoSSRPipeline, resolve_device, resolve_dtype
+    from dossr_cli.devices import resolve_device, resolve_dtype
+    from dossr_cli.pipeline import DoSSRPipeline
     from dossr_cli.random_weights import fast_random_networks, tiny_config
 
     target = resolve_device(device)
