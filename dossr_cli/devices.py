@@ -6,6 +6,7 @@ ask for the CUDA answer on a CPU and the pipeline stays free of `if device.type 
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 from pathlib import Path
@@ -13,6 +14,14 @@ from pathlib import Path
 import torch
 
 MIN_TILE = 64
+# What --tile-size auto chooses, from the image's size alone, so that every machine runs the same
+# tiles: up to one tile's area (a megapixel of the x4 image) untiled, else tiles of this side (pixels
+# of the x4 image, 128 latent pixels). Twice the 512-pixel crops the model was trained on; large
+# enough that the 256-pixel overlap costs 1.6x the untiled work on a 4096x4096 output (25 tiles;
+# 512-pixel tiles would cost 3.5x), small enough that self-attention stays cheap (16,384 tokens at
+# the UNet's first level, against 262,144 for a whole 4096x4096 latent: 16x the attention FLOPs),
+# and the tile the tiled VAE's memory model keeps a 4096x4096 output under 8 GB with.
+AUTO_TILE = 1024
 # Device bytes per pixel of the x4 image that the largest stage (the VAE decoder at full
 # resolution: 128-256 channels, a few live tensors) needs, by bytes per value. An estimate
 # that errs large; the out-of-memory fallback below covers what it gets wrong.
@@ -20,10 +29,25 @@ BYTES_PER_PIXEL = {2: 1536, 4: 3072}
 
 
 def available_memory(device: torch.device) -> int:
-    """Free device memory (CUDA), else the RAM this process can have: what a tile may use."""
+    """Memory a tile may use: on CUDA the driver's free memory plus what torch's allocator holds
+    unused; elsewhere the RAM this process can have."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        free, total = torch.cuda.mem_get_info(device)
+        return cuda_available_memory(free, total, torch.cuda.memory_reserved(device),
+                                     torch.cuda.memory_allocated(device))
     return host_available_memory()
+
+
+def default_budget(device: torch.device) -> int:
+    """Memory --tile-size auto may plan for without --max-memory: nine tenths of what is available
+    (the rest for cuDNN's workspaces and the allocator's fragments; the OOM fallback covers worse)."""
+    return available_memory(device) * 9 // 10
+
+
+def cuda_available_memory(free: int, total: int, reserved: int, allocated: int) -> int:
+    """mem_get_info's free bytes count the allocator's cached blocks (reserved, not allocated) as used,
+    though torch hands them out first; so after one image the next would see less room than it has."""
+    return min(free + max(reserved - allocated, 0), total)
 
 
 def host_available_memory(meminfo: str | Path = "/proc/meminfo", cgroup: str | Path = "/sys/fs/cgroup") -> int:
@@ -60,17 +84,44 @@ def _cgroup_memory_left(root: Path) -> int | None:
     return None
 
 
-def auto_tile_size(height: int, width: int, dtype: torch.dtype, budget: int) -> int | None:
-    """The largest tile (multiple of 64, pixels of the x4 image) whose work fits `budget` bytes; None: no tiling."""
-    per_pixel = BYTES_PER_PIXEL[torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4]
-    if height * width * per_pixel <= budget:
-        return None
-    side = int(math.sqrt(max(budget, 0) / per_pixel)) // MIN_TILE * MIN_TILE
-    return max(side, MIN_TILE)
+def reproducible_tile(height: int, width: int, side: int = AUTO_TILE) -> int | None:
+    """--tile-size auto by the image alone (pixels of the x4 image): None (untiled) up to `side`
+    squared pixels, else `side`. The same on every machine, so the same command makes the same tiles."""
+    return None if height * width <= side * side else side
+
+
+def auto_tile_size(height: int, width: int, dtype: torch.dtype, budget: int, batch: int = 1,
+                   side: int = AUTO_TILE) -> int | None:
+    """`reproducible_tile`, unless `batch` images of its work would not fit `budget` bytes: then the
+    largest multiple of 64 that fits (never below MIN_TILE). Memory only ever shrinks the tile."""
+    tile = reproducible_tile(height, width, side)
+    per_pixel = BYTES_PER_PIXEL[torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4] * max(batch, 1)
+    tile_h, tile_w = (height, width) if tile is None else (min(tile, height), min(tile, width))
+    if tile_h * tile_w * per_pixel <= budget:
+        return tile
+    fits = int(math.sqrt(max(budget, 0) / per_pixel)) // MIN_TILE * MIN_TILE
+    return max(fits, MIN_TILE)
+
+
+# The allocation failures of CUDA's libraries, which torch raises as a RuntimeError rather than
+# torch.OutOfMemoryError: "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+# (TORCH_CUDABLAS_CHECK), "cuDNN error: CUDNN_STATUS_ALLOC_FAILED" (AT_CUDNN_CHECK).
+ALLOC_FAILED = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+    text = str(error)
+    return (isinstance(error, torch.OutOfMemoryError) or "out of memory" in text.lower()
+            or any(name in text for name in ALLOC_FAILED))
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """After an out-of-memory, once nothing refers to the failed attempt any more: collect the
+    reference cycles that may still hold its tensors, then give the allocator's cache back to
+    the driver (cuBLAS and cuDNN allocate outside torch's allocator and need that room)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def smaller_tile(tile_size: int | None, height: int, width: int) -> int | None:

@@ -23,8 +23,8 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from PIL import Image
 
 from dossr_cli.colorfix import COLOR_FIXES, color_fix
-from dossr_cli.devices import (MIN_TILE, auto_tile_size, available_memory, dtype_name, is_out_of_memory,
-                               resolve_device, resolve_dtype, smaller_tile)
+from dossr_cli.devices import (AUTO_TILE, MIN_TILE, auto_tile_size, default_budget, dtype_name, is_out_of_memory,
+                               release_cached_memory, reproducible_tile, resolve_device, resolve_dtype, smaller_tile)
 from dossr_cli.errors import DossrError
 from dossr_cli.networks import DoSSRNetworks
 from dossr_cli.networks.config import ModelConfig
@@ -98,6 +98,10 @@ def latent_tile_plan(latent_height: int, latent_width: int, tile_size: int | Non
     return TiledPlan.make(latent_height, latent_width, tile_size // LATENT_FACTOR, tile_overlap // LATENT_FACTOR)
 
 
+def memory_text(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
+
+
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     """Byte-identical parameters and buffers, under the same names."""
     left, right = a.state_dict(), b.state_dict()
@@ -130,10 +134,13 @@ def validate_options(steps: int, order: int, t1: int, color_fix_method: str) -> 
 class DoSSRPipeline:
     """DoSSR super-resolution: `DoSSRPipeline.from_pretrained(path).upscale(image)`."""
 
+    auto_tile = AUTO_TILE  # --tile-size auto's tile (devices.reproducible_tile); tests of the tiny model shrink it
+
     def __init__(self, networks: DoSSRNetworks, device: str | torch.device | None = "auto",
                  dtype: str | torch.dtype | None = "auto") -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        self.fp32_stages: set[str] = set()  # stages that overflowed in half precision (finite_or_fp32)
         self.networks = networks.eval().requires_grad_(False).to(self.device, self.dtype)
         if self.device.type == "cuda":  # cuDNN's convolutions and GroupNorm are fastest in NHWC
             self.networks.to(memory_format=torch.channels_last)
@@ -213,10 +220,12 @@ class DoSSRPipeline:
         `seeds` gives each image's own seed; otherwise each is derived from `seed` (random
         when None) and the image. `size` = (H, W) overrides `scale`. `tile_size` and
         `tile_overlap` (pixels of the x4 image) run every stage on blended tiles; "auto"
-        picks the tile from free memory (or `max_memory` bytes), one tile when it fits.
-        Out of memory, the images are run again with half the tile, and `on_retry` hears why (and
-        of a half-precision stage run again in fp32); `tile_callback(done, total)` hears the
-        solver's tiles at every step; `timer` (timing.StageTimer) the seconds of each stage.
+        picks the tile from the image's size alone (devices.reproducible_tile: the same tiles on
+        every machine), made smaller only where that would not fit `max_memory` bytes (default:
+        most of the free memory), which `on_retry` hears. Out of memory, the images are run again
+        with half the tile, and `on_retry` hears why (and of a half-precision stage run again in
+        fp32); `tile_callback(done, total)` hears the solver's tiles at every step; `timer`
+        (timing.StageTimer) the seconds of each stage.
         """
         validate_options(steps, order, t1, color_fix)
         if lq.ndim != 4 or lq.shape[1] != 3:
@@ -229,10 +238,15 @@ class DoSSRPipeline:
         out_size = size if size is not None else output_size(*lq.shape[-2:], scale)
         height, width = lq.shape[-2] * self.config.upscale, lq.shape[-1] * self.config.upscale
         if tile_size == "auto":  # from the padded size: what the networks work on
-            budget = max_memory if max_memory is not None else available_memory(self.device) // 2
             multiple = self.config.pixel_multiple
-            tile_size = auto_tile_size(-(-height // multiple) * multiple * lq.shape[0],
-                                       -(-width // multiple) * multiple, self.dtype, budget)
+            padded = -(-height // multiple) * multiple, -(-width // multiple) * multiple
+            budget = max_memory if max_memory is not None else default_budget(self.device)
+            tile_size = auto_tile_size(*padded, self.dtype, budget, batch=lq.shape[0], side=self.auto_tile)
+            planned = reproducible_tile(*padded, self.auto_tile)
+            if tile_size != planned and on_retry is not None:
+                on_retry(f"{memory_text(budget)} of memory is too little for "
+                         f"{'one tile' if planned is None else f'{planned}-pixel tiles'}; using {tile_size}-pixel "
+                         "tiles, so the output differs from a machine with more memory")
         elif isinstance(tile_size, str):
             raise ValueError(f"tile_size must be a number of pixels, 'auto' or None; got {tile_size!r}")
         lq = lq.to(self.device, self.dtype)
@@ -243,19 +257,20 @@ class DoSSRPipeline:
                 x4 = self.upscale_x4(lq, list(seeds), steps, order, t1, color_fix, callback, tile_size, overlap,
                                      tile_callback, timer, on_retry)
                 return lanczos_resize(x4, out_size)
-            except (torch.OutOfMemoryError, RuntimeError) as error:
+            except RuntimeError as error:  # torch.OutOfMemoryError among them
                 if not is_out_of_memory(error):
                     raise
                 smaller = smaller_tile(tile_size, height, width)
                 if smaller is None:
                     raise DossrError(f"out of memory even with {MIN_TILE}-pixel tiles on {self.device}: use a "
                                      "smaller image or --device cpu") from error
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if on_retry is not None:
-                    on_retry(f"out of memory with {'no tiling' if tile_size is None else f'{tile_size}-pixel tiles'}"
-                             f"; retrying with {smaller}-pixel tiles")
-                tile_size = smaller
+            # Out of the except block the error is gone, and with its traceback the frames that held the
+            # failed attempt's tensors: only now can their memory go back before the retry.
+            release_cached_memory(self.device)
+            if on_retry is not None:
+                on_retry(f"out of memory with {'no tiling' if tile_size is None else f'{tile_size}-pixel tiles'}"
+                         f"; retrying with {smaller}-pixel tiles")
+            tile_size = smaller
 
     def upscale_x4(self, lq: torch.Tensor, seeds: list[int], steps: int, order: int, t1: int,
                    color_fix_method: str, callback: StepCallback | None = None, tile_size: int | None = None,
@@ -314,12 +329,19 @@ class DoSSRPipeline:
     def finite_or_fp32(self, stage: str, modules: Sequence[torch.nn.Module], notify: Callable[[str], None] | None,
                        run: Callable[[], torch.Tensor]) -> torch.Tensor:
         """run(); in fp16/bf16, once more in fp32 if its output holds inf or NaN, rather than writing a
-        black image. One host-device sync per stage, none inside the solver's loop."""
+        black image. One host-device sync per stage, none inside the solver's loop. A stage that
+        overflowed once runs in fp32 straight away from then on: the weights that overflowed stay."""
+        if self.dtype != torch.float32 and stage in self.fp32_stages:
+            with self.full_precision(modules):
+                return run()
         out = run()
         if self.dtype == torch.float32 or bool(torch.isfinite(out).all()):
             return out
+        del out  # its memory, before the fp32 run needs twice as much
         if notify is not None:
-            notify(f"{stage}: {dtype_name(self.dtype)} overflowed (inf or NaN); ran it again in fp32")
+            notify(f"{stage}: {dtype_name(self.dtype)} overflowed (inf or NaN); ran it again in fp32, as it "
+                   "will from now on")
+        self.fp32_stages.add(stage)
         with self.full_precision(modules):
             return run()
 
@@ -378,10 +400,13 @@ class DoSSRPipeline:
 
         With a plan of several tiles, the networks run tile by tile and the predictions are
         blended into one full eps. The solver's latent stays float32; the networks run in
-        the pipeline's dtype. `timesteps` go to the device here, before the solver's loop.
+        the pipeline's dtype. `timesteps` and the blend weights go to the device here, before the
+        solver's loop: a copy from the host inside it would make the host wait for the device.
         """
         nets = self.networks
         on_device = {int(t): torch.tensor(int(t), device=self.device) for t in timesteps}
+        if plan is not None and not plan.is_single:
+            plan.on(self.device)  # the blend weights, copied now rather than inside the first step
 
         def networks(z: torch.Tensor, timestep: int, control: torch.Tensor) -> torch.Tensor:
             z = z.to(self.dtype)

@@ -123,6 +123,21 @@ class TiledPlan:
         return TiledPlan(height, width, tiles, weights, overlap, guard)
 
 
+def tile_groups(count: int, per_call: int) -> list[tuple[tuple[int, ...], int]]:
+    """The tiles each call runs, as (indices, how many are real): every call the same size, so a
+    compiled network sees one shape a run. As few calls as `per_call` allows, with as few tiles
+    each as fill them (9 at 4 a call: 3 calls of 3); the last call's spare places repeat its
+    last tile, whose results are dropped (25 at 4: 7 calls of 4, the last with 3 repeats)."""
+    if count < 1 or per_call < 1:
+        raise ValueError(f"need at least one tile and one tile a call; got {count} and {per_call}")
+    calls = math.ceil(count / per_call)
+    size = math.ceil(count / calls)
+    groups = []
+    for start in range(0, count, size):
+        real = list(range(start, min(start + size, count)))
+        groups.append((tuple(real + [real[-1]] * (size - len(real))), len(real)))
+    return groups
+
 
 def run_tiled(fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], plan: TiledPlan, *,
               scale_in: int = 1, scale_out: int = 1, tiles_per_call: int = 4,
@@ -131,9 +146,11 @@ def run_tiled(fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...],
 
     `plan` is in grid units; a tile spans `scale_in` input and `scale_out` output pixels
     per unit (the x4 preprocessor: 1 and 4). For networks without image-wide statistics:
-    a VAE's GroupNorm would give each tile its own tone (see tiled_vae.py). Tiles run
-    `tiles_per_call` at a time as one batch; `on_tiles(done, total)` hears after each
-    batch. One tile covering everything is just fn(*inputs), bit for bit.
+    a VAE's GroupNorm would give each tile its own tone (see tiled_vae.py). Tiles run up to
+    `tiles_per_call` at a time as one batch of the same size every call (`tile_groups`);
+    `on_tiles(done, total)` hears after each batch. One tile covering everything is just
+    fn(*inputs), bit for bit. The blend weights come from `plan.on(device)`: call it before a
+    loop of run_tiled calls, so that no step copies them from the host.
     """
     if plan.is_single:
         return fn(*inputs)
@@ -142,16 +159,18 @@ def run_tiled(fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...],
     out_plan = plan if scale_out == 1 else plan.scaled(scale_out)
     weights, total = out_plan.on(device)
     out: torch.Tensor | None = None
-    for start in range(0, len(plan.tiles), tiles_per_call):
-        group = plan.tiles[start:start + tiles_per_call]
+    done = 0
+    for indices, real in tile_groups(len(plan.tiles), tiles_per_call):
+        group = [plan.tiles[i] for i in indices]
         pieces = [torch.cat([x[..., t.top * scale_in:(t.top + t.height) * scale_in,
                                t.left * scale_in:(t.left + t.width) * scale_in] for t in group]) for x in inputs]
         ys = fn(*pieces).float()
         if out is None:
             out = torch.zeros(batch, ys.shape[1], out_plan.height, out_plan.width, dtype=torch.float32, device=device)
-        for k, tile in enumerate(out_plan.tiles[start:start + tiles_per_call]):
-            out[(..., *tile.slices)] += ys[k * batch:(k + 1) * batch] * weights[start + k]
+        for k, index in enumerate(indices[:real]):
+            out[(..., *out_plan.tiles[index].slices)] += ys[k * batch:(k + 1) * batch] * weights[index]
+        done += real
         if on_tiles is not None:
-            on_tiles(start + len(group), len(plan.tiles))
+            on_tiles(done, len(plan.tiles))
     assert out is not None
     return out / total
