@@ -36,6 +36,7 @@ from dossr_cli.batch.runner import (
 from dossr_cli.errors import DossrError, UsageError
 
 ATTEMPTS = 3  # an image whose worker dies this many times is reported failed, not retried for ever
+GPU_BATCH = 4  # images a GPU actor takes at a time by default: the local engine's --batch-size auto on CUDA
 
 
 def require_ray() -> None:
@@ -46,19 +47,25 @@ def require_ray() -> None:
         raise UsageError("--engine ray needs Ray: pip install 'dossr[ray]'") from None
 
 
-def check_options(workers: int | None, gpus_per_worker: float | None, batch_size: int) -> None:
+def check_options(workers: int | None, gpus_per_worker: float | None) -> None:
     require_ray()
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be a positive number; got {workers}")
     if gpus_per_worker is not None and not gpus_per_worker >= 0:
         raise UsageError(f"--gpus-per-worker must be 0 (CPU workers) or a positive number; got {gpus_per_worker}")
-    if batch_size > 1:
-        raise UsageError(f"--batch-size {batch_size}: Ray workers run one image at a time (the bytes of "
-                         "--batch-size 1); use --engine local to batch images")
+
+
+def actor_batch(batch_size: int, gpus: float, device: str) -> int:
+    """Images an actor takes at a time: --batch-size, else (0: auto) as the local engine would on the
+    actor's device: GPU_BATCH on a GPU, one on a CPU (where a batch buys nothing)."""
+    if batch_size:
+        return batch_size
+    return GPU_BATCH if gpus and not device.startswith(("cpu", "mps")) else 1
 
 
 class Upscaler:
-    """One model per actor, loaded once; images one at a time, exactly as `--batch-size 1` runs them.
+    """One model per actor, loaded once; a few images at a time, exactly as the local engine's
+    `--batch-size` runs them (same-size ones as one batch).
 
     torch's CPU convolutions (oneDNN and MKL) split their sums by the number of threads, so
     the last bits of a result, and now and then an 8-bit pixel, depend on it; Ray starts a
@@ -81,11 +88,12 @@ class Upscaler:
     def ready(self) -> DossrError | None:
         return self.error
 
-    def run(self, item: BatchItem, params: UpscaleParams, may_replace: bool) -> Outcome:
-        """`process_items` on one item; notes the pipeline would print (an out-of-memory retry) travel back."""
+    def run(self, items: list[BatchItem], params: UpscaleParams, may_replace: list[bool]
+            ) -> tuple[list[Outcome], list[str]]:
+        """`process_items` on a few items, and the notes the pipeline heard meanwhile (an out-of-memory
+        retry), which the driver says as the local engine does."""
         notes: list[str] = []
-        outcome = process_items(self.pipe, [item], params, [may_replace], notify=notes.append)[0]
-        return dataclasses.replace(outcome, notes=outcome.notes + tuple(notes))
+        return process_items(self.pipe, items, params, may_replace, notify=notes.append), notes
 
 
 @dataclass(frozen=True)
@@ -100,8 +108,9 @@ def run_ray(bundle: Path, device: str, dtype: str, items: list[BatchItem], param
             journal: Journal, overwrite: bool, address: str | None = None, workers: int | None = None,
             gpus_per_worker: float | None = None, on_start: Callable[[BatchItem], None] | None = None,
             on_outcome: Callable[[Outcome], None] | None = None,
-            notify: Callable[[str], None] | None = None) -> list[Outcome]:
-    """Items on Ray actors, the journal updated around each in this process, as `run_local` does.
+            notify: Callable[[str], None] | None = None, batch_size: int = 0) -> list[Outcome]:
+    """Items on Ray actors, `actor_batch` at a time each, the journal updated around each in this
+    process, as `run_local` does.
 
     An item whose actor dies (the process killed, the node lost) goes to a fresh actor, up
     to ATTEMPTS times; an actor lost before it has loaded the weights is replaced too. Joins
@@ -118,9 +127,10 @@ def run_ray(bundle: Path, device: str, dtype: str, items: list[BatchItem], param
         actor_class = ray.remote(Upscaler).options(max_restarts=0, **options)
         # a CPU actor computes on the CPU even where its node has a GPU it holds none of
         spawn_args = (str(bundle.resolve()), device if gpus or device != "auto" else "cpu", dtype, threads)
+        per_actor = actor_batch(batch_size, gpus, spawn_args[1])
         actors: list[Any] = []
         starting: dict[Any, Any] = {}  # ready() reference -> its actor, until the weights are loaded
-        running: dict[Any, tuple[Any, _Attempt]] = {}  # run() reference -> (actor, attempt)
+        running: dict[Any, tuple[Any, list[_Attempt]]] = {}  # run() reference -> (actor, its attempts)
         idle: list[Any] = []
 
         def spawn() -> None:
@@ -131,27 +141,26 @@ def run_ray(bundle: Path, device: str, dtype: str, items: list[BatchItem], param
         queue, retries = deque(items), deque[_Attempt]()
         outcomes = []
         lost_loading = 0  # actors lost before their weights were loaded
+
+        def finish(outcome: Outcome) -> None:
+            outcomes.append(outcome)
+            if on_outcome:
+                on_outcome(outcome)
+
         try:
             for _ in range(count):
                 spawn()
             while queue or retries or running:
                 while idle and (queue or retries):
-                    if retries:
-                        attempt = retries.popleft()
-                    else:
-                        attempt, finished = _first_attempt(queue.popleft(), journal, pixel, overwrite, on_start, queue)
-                        if attempt is None:
-                            if finished is not None:
-                                outcomes.append(finished)
-                                if on_outcome:
-                                    on_outcome(finished)
-                                continue
-                            if running or starting:  # back after ray.wait: an image another run holds
-                                break
-                            time.sleep(POLL_SECONDS)
-                            continue
-                    actor = idle.pop()
-                    running[actor.run.remote(attempt.item, params, attempt.may_replace)] = (actor, attempt)
+                    chunk, held = _next_chunk(per_actor, queue, retries, journal, pixel, overwrite, on_start, finish)
+                    if chunk:
+                        actor = idle.pop()
+                        ref = actor.run.remote([a.item for a in chunk], params, [a.may_replace for a in chunk])
+                        running[ref] = (actor, chunk)
+                    if held:  # an image another run holds went back in line
+                        if running or starting:  # back after ray.wait
+                            break
+                        time.sleep(POLL_SECONDS)
                 done, _ = ray.wait([*starting, *running], num_returns=1, timeout=1.0)  # a timeout lets Ctrl-C in
                 for ref in done:
                     if ref in starting:
@@ -169,23 +178,27 @@ def run_ray(bundle: Path, device: str, dtype: str, items: list[BatchItem], param
                                 notify("a Ray worker was lost while loading the weights; starting another")
                             spawn()
                         continue
-                    actor, attempt = running.pop(ref)
+                    actor, chunk = running.pop(ref)
                     try:
-                        outcome = ray.get(ref)
+                        results, notes = ray.get(ref)
                         idle.append(actor)
                     except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as died:
                         ray.kill(actor)
-                        outcome = _lost(attempt, died, retries, notify)
+                        results = [_lost(attempt, died, retries, notify) for attempt in chunk]
+                        notes = []
                         if queue or retries:
                             spawn()
-                        if outcome is None:
-                            continue
                     except ray.exceptions.RayTaskError as error:  # a bug, not a bad image: stop as run_local would
                         raise error.cause from error
-                    record(journal, attempt.item, pixel, outcome)
-                    outcomes.append(outcome)
-                    if on_outcome:
-                        on_outcome(outcome)
+                    for note in notes:
+                        if notify:
+                            notify(note)
+                    # a full disk last, once the others are recorded, as run_local does
+                    for attempt, outcome in sorted(zip(chunk, results), key=lambda pair: bool(
+                            pair[1] is not None and pair[1].disk_full)):
+                        if outcome is not None:
+                            record(journal, attempt.item, pixel, outcome)
+                            finish(outcome)
         finally:
             for actor in actors:
                 ray.kill(actor)
@@ -205,6 +218,26 @@ def _lost_while_loading(ray: Any, ready: Any) -> Exception | None:
     if error is not None:
         raise error
     return None
+
+
+def _next_chunk(size: int, queue: deque[BatchItem], retries: deque[_Attempt], journal: Journal, pixel: dict,
+                overwrite: bool, on_start: Callable[[BatchItem], None] | None,
+                finish: Callable[[Outcome], None]) -> tuple[list[_Attempt], bool]:
+    """Up to `size` attempts for one actor, retries first, each new item claimed in the journal; and
+    whether an image another run holds was met (it went to the end of the queue, the chunk stops)."""
+    chunk: list[_Attempt] = []
+    while len(chunk) < size and (queue or retries):
+        if retries:
+            chunk.append(retries.popleft())
+            continue
+        attempt, finished = _first_attempt(queue.popleft(), journal, pixel, overwrite, on_start, queue)
+        if attempt is not None:
+            chunk.append(attempt)
+        elif finished is not None:
+            finish(finished)
+        else:
+            return chunk, True
+    return chunk, False
 
 
 def _first_attempt(item: BatchItem, journal: Journal, pixel: dict, overwrite: bool,
@@ -317,4 +350,4 @@ def _cluster_errors_to_stderr() -> Iterator[None]:
         worker.print_to_stdstream = original
 
 
-__all__ = ["ATTEMPTS", "Upscaler", "check_options", "require_ray", "run_ray"]
+__all__ = ["ATTEMPTS", "GPU_BATCH", "Upscaler", "actor_batch", "check_options", "require_ray", "run_ray"]

@@ -43,7 +43,8 @@ def batch(
                                                           "actor holds (default: 1 where the cluster has GPUs, else "
                                                           "0: CPU actors).", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Run up to this many images of one size "
-                                            "through the model together (0: auto, 4 on CUDA, else 1).")] = 0,
+                                            "through the model together (0: auto, 4 on CUDA, else 1; with "
+                                            "--engine ray, each actor's).")] = 0,
     scale: common.Scale = 4.0,
     width: common.Width = None,
     height: common.Height = None,
@@ -86,7 +87,7 @@ def batch(
     if engine == "ray":
         from dossr_cli.batch.ray_engine import check_options
 
-        check_options(workers, gpus_per_worker, batch_size)
+        check_options(workers, gpus_per_worker)
     else:
         for option, value in (("--address", address), ("--workers", workers), ("--gpus-per-worker", gpus_per_worker)):
             if value is not None:
@@ -143,7 +144,8 @@ def batch(
 
                 run_ray(bundle, device, dtype, todo, params, model, journal, overwrite, address, workers,
                         gpus_per_worker, on_start=lambda item: bars.start_image(item.rel),
-                        on_outcome=finished_remotely, notify=lambda message: say(f"dossr: note: {message}", quiet))
+                        on_outcome=finished_remotely, notify=lambda message: say(f"dossr: note: {message}", quiet),
+                        batch_size=batch_size)
         elif todo:
             if pipe is None:
                 pipe = common.load_pipeline(bundle, device, dtype)

@@ -40,8 +40,8 @@ from .helpers import (
 )
 
 SIZES = {"a": (64, 64), "b": (48, 80), "c": (16, 24)}  # 64 x 64 is large enough for thread counts to show
-# --tile-size auto tiles by the free memory where an image runs, which changes from moment to moment
-# (page cache counts as used): a fixed budget takes that out of the comparison of engines.
+# --tile-size auto tiles by the image's size, but would shrink its tiles where the free memory (which
+# changes from moment to moment) is short: a fixed budget takes that out of the comparison of engines.
 SAME_TILES = ("--max-memory", "8GB")
 LOST_LOADING = "a Ray worker was lost while loading the weights; starting another"  # the note
 
@@ -409,7 +409,6 @@ def test_ray_options_need_the_ray_engine(dossr, images, tmp_path, options, messa
 @pytest.mark.parametrize(("options", "message"), [
     (["--workers", "0"], "--workers must be a positive number; got 0"),
     (["--gpus-per-worker", "-1"], "--gpus-per-worker must be 0 (CPU workers) or a positive number; got -1.0"),
-    (["--batch-size", "4"], "--batch-size 4: Ray workers run one image at a time"),
 ])
 def test_bad_ray_options(dossr, images, tmp_path, options, message):
     pytest.importorskip("ray")
@@ -475,3 +474,54 @@ def test_how_many_actors(resources, workers, gpus_per_worker, expected):
 
     assert _size(resources, workers, gpus_per_worker, threads=4, items=100) == expected
     assert _size(resources, workers, gpus_per_worker, threads=4, items=2)[0] == 2  # never more actors than images
+
+
+@pytest.mark.parametrize(("batch_size", "gpus", "device", "expected"), [
+    (0, 1.0, "auto", 4), (0, 0.5, "cuda", 4), (0, 0.0, "cpu", 1), (0, 1.0, "cpu", 1), (3, 0.0, "cpu", 3),
+    (2, 1.0, "auto", 2)])
+def test_images_an_actor_takes_at_a_time(batch_size, gpus, device, expected):
+    from dossr_cli.batch.ray_engine import actor_batch
+
+    assert actor_batch(batch_size, gpus, device) == expected
+
+
+def test_an_actor_takes_a_batch_and_writes_the_local_engines_bytes(ray_runtime, tiny_weights, verified_cache,
+                                                                   tmp_path, monkeypatch):
+    """--batch-size 2, one actor, three images of one size: two leave together (both started before
+    either is done), then the third; the files are byte for byte those of run_local's batches of 2."""
+    from dossr_cli.batch.journal import Journal
+    from dossr_cli.batch.params import UpscaleParams
+    from dossr_cli.batch.ray_engine import run_ray
+    from dossr_cli.batch.runner import list_inputs, plan, run_local
+    from dossr_cli.pipeline import DoSSRPipeline
+
+    monkeypatch.setenv("DOSSR_CACHE_DIR", verified_cache)
+    folder = tmp_path / "same"
+    for key in "pqr":
+        save(smooth_image(16, 24, key), folder / f"{key}.png")
+    params = UpscaleParams(steps=1, max_memory=8 << 30)
+    events: list[tuple[str, str]] = []
+
+    def engine_run(name: str, run) -> Path:
+        out = tmp_path / name
+        journal = Journal(out)
+        try:
+            items, known = plan(folder, out, list_inputs(folder, False), params, "m", "_x4", None, journal)
+            assert len(items) == 3 and known == []
+            outcomes = run(items, journal)
+        finally:
+            journal.close()
+        assert [o.status for o in outcomes] == ["done"] * 3
+        return out
+
+    ray_out = engine_run("ray", lambda items, journal: run_ray(
+        Path(tiny_weights), "cpu", "auto", items, params, "m", journal, False, workers=1, batch_size=2,
+        on_start=lambda item: events.append(("start", item.rel)),
+        on_outcome=lambda outcome: events.append(("done", outcome.rel))))
+    assert events == [("start", "p.png"), ("start", "q.png"), ("done", "p.png"), ("done", "q.png"),
+                      ("start", "r.png"), ("done", "r.png")]
+    pipe = DoSSRPipeline.from_pretrained(tiny_weights, device="cpu")
+    local_out = engine_run("local", lambda items, journal: run_local(pipe, items, params, "m", journal, False, 2))
+    for key in "pqr":
+        remote, here = (ray_out / f"{key}_x4.png").read_bytes(), (local_out / f"{key}_x4.png").read_bytes()
+        assert remote == here, f"{key}: pixels differ by up to {pixel_difference(remote, here)}"
