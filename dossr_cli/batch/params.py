@@ -45,9 +45,9 @@ class UpscaleParams:
     quality: int | None = None
     metadata: str = "all"
     max_pixels: int | None = imageio.DEFAULT_MAX_PIXELS
-    tile_size: int | str = "auto"  # pixels of the x4 image; "auto" from free memory; 0 never tiles
+    tile_size: int | str = "auto"  # pixels of the x4 image; "auto" by the image's size; 0 never tiles
     tile_overlap: int | None = None  # pixels; None: 256, or half a smaller tile
-    max_memory: int | None = None  # bytes a tile may use, for "auto" (default: half the free memory)
+    max_memory: int | None = None  # bytes a tile may use, for "auto" (default: nine tenths of the free memory)
     max_output_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS  # of the output, and of the x4 image worked on
 
     def validate(self) -> UpscaleParams:

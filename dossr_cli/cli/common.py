@@ -46,11 +46,13 @@ Json = Annotated[bool, typer.Option("--json", help="One JSON result per image on
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or messages on stderr.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 TileSize = Annotated[str, typer.Option("--tile-size", help="Tile side in output pixels of the x4 image (a multiple "
-                                       "of 64), auto (from free memory) or 0 (never tile).")]
+                                       "of 64), auto (by the image's size: untiled up to 1024x1024, else 1024-pixel "
+                                       "tiles; smaller only where memory is short, with a note) or 0 (never tile).")]
 TileOverlap = Annotated[int | None, typer.Option("--tile-overlap", help="Overlap of neighbouring tiles, in pixels "
                                                  "(a multiple of 8; default 256, or half a smaller tile).")]
 MaxMemory = Annotated[str | None, typer.Option("--max-memory", help="Memory a tile may use with --tile-size auto, "
-                                               "e.g. 8GB (default: half the free memory).")]
+                                               "e.g. 8GB; less than auto's tile needs makes smaller tiles (default: "
+                                               "nine tenths of the free memory).")]
 Compare = Annotated[Path | None, typer.Option("--compare", help="Also write a side-by-side picture (input "
                                               "enlarged with nearest neighbour | result) to this file or folder.")]
 
