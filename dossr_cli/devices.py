@@ -90,17 +90,28 @@ def reproducible_tile(height: int, width: int, side: int = AUTO_TILE) -> int | N
     return None if height * width <= side * side else side
 
 
-def auto_tile_size(height: int, width: int, dtype: torch.dtype, budget: int, batch: int = 1,
-                   side: int = AUTO_TILE) -> int | None:
-    """`reproducible_tile`, unless `batch` images of its work would not fit `budget` bytes: then the
-    largest multiple of 64 that fits (never below MIN_TILE). Memory only ever shrinks the tile."""
-    tile = reproducible_tile(height, width, side)
-    per_pixel = BYTES_PER_PIXEL[torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4] * max(batch, 1)
+def tile_work(height: int, width: int, tile: int | None, dtype: torch.dtype) -> int:
+    """Estimated device bytes one image's largest stage needs on tiles of `tile` (None: untiled)."""
+    per_pixel = BYTES_PER_PIXEL[torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4]
     tile_h, tile_w = (height, width) if tile is None else (min(tile, height), min(tile, width))
-    if tile_h * tile_w * per_pixel <= budget:
+    return tile_h * tile_w * per_pixel
+
+
+def auto_tile_size(height: int, width: int, dtype: torch.dtype, budget: int, side: int = AUTO_TILE) -> int | None:
+    """`reproducible_tile`, unless one image's work on it would not fit `budget` bytes: then the largest
+    multiple of 64 that fits (never below MIN_TILE). Memory only ever shrinks the tile."""
+    tile = reproducible_tile(height, width, side)
+    if tile_work(height, width, tile, dtype) <= budget:
         return tile
-    fits = int(math.sqrt(max(budget, 0) / per_pixel)) // MIN_TILE * MIN_TILE
+    fits = int(math.sqrt(max(budget, 0) / tile_work(1, 1, None, dtype))) // MIN_TILE * MIN_TILE
     return max(fits, MIN_TILE)
+
+
+def images_at_once(height: int, width: int, tile: int | None, dtype: torch.dtype, budget: int) -> int:
+    """How many images of a batch may run together on `tile` within `budget` (at least one): where
+    memory is short, a batch runs in parts rather than on smaller tiles, so that no image's output
+    depends on the batch it came in."""
+    return max(budget // tile_work(height, width, tile, dtype), 1)
 
 
 # The allocation failures of CUDA's libraries, which torch raises as a RuntimeError rather than
@@ -129,6 +140,10 @@ def smaller_tile(tile_size: int | None, height: int, width: int) -> int | None:
     current = tile_size if tile_size is not None else max(height, width)
     half = current // 2 // MIN_TILE * MIN_TILE
     return half if half >= MIN_TILE else None
+
+
+def memory_text(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

@@ -23,8 +23,9 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from PIL import Image
 
 from dossr_cli.colorfix import COLOR_FIXES, color_fix
-from dossr_cli.devices import (AUTO_TILE, MIN_TILE, auto_tile_size, default_budget, dtype_name, is_out_of_memory,
-                               release_cached_memory, reproducible_tile, resolve_device, resolve_dtype, smaller_tile)
+from dossr_cli.devices import (AUTO_TILE, MIN_TILE, auto_tile_size, default_budget, dtype_name, images_at_once,
+                               is_out_of_memory, memory_text, release_cached_memory, reproducible_tile, resolve_device,
+                               resolve_dtype, smaller_tile)
 from dossr_cli.errors import DossrError
 from dossr_cli.networks import DoSSRNetworks
 from dossr_cli.networks.config import ModelConfig
@@ -96,10 +97,6 @@ def latent_tile_plan(latent_height: int, latent_width: int, tile_size: int | Non
     if tile_overlap < 0 or tile_overlap % LATENT_FACTOR or tile_overlap >= tile_size:
         raise ValueError(f"tile_overlap must be a multiple of 8 pixels below tile_size; got {tile_overlap}")
     return TiledPlan.make(latent_height, latent_width, tile_size // LATENT_FACTOR, tile_overlap // LATENT_FACTOR)
-
-
-def memory_text(size: int) -> str:
-    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -221,8 +218,9 @@ class DoSSRPipeline:
         when None) and the image. `size` = (H, W) overrides `scale`. `tile_size` and
         `tile_overlap` (pixels of the x4 image) run every stage on blended tiles; "auto"
         picks the tile from the image's size alone (devices.reproducible_tile: the same tiles on
-        every machine), made smaller only where that would not fit `max_memory` bytes (default:
-        most of the free memory), which `on_retry` hears. Out of memory, the images are run again
+        every machine), made smaller only where one image's work would not fit `max_memory` bytes
+        (default: most of the free memory), which `on_retry` hears; a batch too large for it runs
+        a few images at a time. Out of memory, the images are run again
         with half the tile, and `on_retry` hears why (and of a half-precision stage run again in
         fp32); `tile_callback(done, total)` hears the solver's tiles at every step; `timer`
         (timing.StageTimer) the seconds of each stage.
@@ -237,26 +235,42 @@ class DoSSRPipeline:
             raise ValueError(f"got {len(seeds)} seeds for {lq.shape[0]} images")
         out_size = size if size is not None else output_size(*lq.shape[-2:], scale)
         height, width = lq.shape[-2] * self.config.upscale, lq.shape[-1] * self.config.upscale
+        at_once = lq.shape[0]
         if tile_size == "auto":  # from the padded size: what the networks work on
             multiple = self.config.pixel_multiple
             padded = -(-height // multiple) * multiple, -(-width // multiple) * multiple
             budget = max_memory if max_memory is not None else default_budget(self.device)
-            tile_size = auto_tile_size(*padded, self.dtype, budget, batch=lq.shape[0], side=self.auto_tile)
+            tile_size = auto_tile_size(*padded, self.dtype, budget, side=self.auto_tile)
             planned = reproducible_tile(*padded, self.auto_tile)
             if tile_size != planned and on_retry is not None:
                 on_retry(f"{memory_text(budget)} of memory is too little for "
                          f"{'one tile' if planned is None else f'{planned}-pixel tiles'}; using {tile_size}-pixel "
                          "tiles, so the output differs from a machine with more memory")
+            at_once = images_at_once(*padded, tile_size, self.dtype, budget)
         elif isinstance(tile_size, str):
             raise ValueError(f"tile_size must be a number of pixels, 'auto' or None; got {tile_size!r}")
         lq = lq.to(self.device, self.dtype)
+        results = []
+        for start in range(0, lq.shape[0], at_once):
+            x4, tile_size = self.x4_with_fallback(lq[start:start + at_once], list(seeds[start:start + at_once]),
+                                                  steps, order, t1, color_fix, callback, tile_size, tile_overlap,
+                                                  tile_callback, timer, on_retry)
+            results.append(lanczos_resize(x4, out_size))
+        return torch.cat(results)
+
+    def x4_with_fallback(self, lq: torch.Tensor, seeds: list[int], steps: int, order: int, t1: int,
+                         color_fix_method: str, callback: StepCallback | None, tile_size: int | None,
+                         tile_overlap: int, tile_callback: Callable[[int, int], None] | None,
+                         timer: NullTimer | None, on_retry: Callable[[str], None] | None
+                         ) -> tuple[torch.Tensor, int | None]:
+        """`upscale_x4`, run again with half the tile while it runs out of memory; and the tile it took."""
+        height, width = lq.shape[-2] * self.config.upscale, lq.shape[-1] * self.config.upscale
         while True:
             # the user's overlap, unless a tile shrunk by the fallback below can no longer hold it
             overlap = tile_overlap if tile_size is None or tile_overlap < tile_size else tile_size // 2
             try:
-                x4 = self.upscale_x4(lq, list(seeds), steps, order, t1, color_fix, callback, tile_size, overlap,
-                                     tile_callback, timer, on_retry)
-                return lanczos_resize(x4, out_size)
+                return self.upscale_x4(lq, seeds, steps, order, t1, color_fix_method, callback, tile_size, overlap,
+                                       tile_callback, timer, on_retry), tile_size
             except RuntimeError as error:  # torch.OutOfMemoryError among them
                 if not is_out_of_memory(error):
                     raise
@@ -330,7 +344,7 @@ class DoSSRPipeline:
                        run: Callable[[], torch.Tensor]) -> torch.Tensor:
         """run(); in fp16/bf16, once more in fp32 if its output holds inf or NaN, rather than writing a
         black image. One host-device sync per stage, none inside the solver's loop. A stage that
-        overflowed once runs in fp32 straight away from then on: the weights that overflowed stay."""
+        overflowed once runs in fp32 straight away from then on (the same weights would overflow again)."""
         if self.dtype != torch.float32 and stage in self.fp32_stages:
             with self.full_precision(modules):
                 return run()

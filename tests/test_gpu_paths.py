@@ -173,7 +173,26 @@ def test_auto_tiles_depend_on_the_image_not_the_card():
         assert devices.auto_tile_size(512, 2048, torch.bfloat16, budget) is None  # a megapixel: one tile
     shrunk = devices.auto_tile_size(4096, 4096, torch.bfloat16, one_tile // 4)
     assert shrunk == devices.AUTO_TILE // 2  # too little memory: smaller tiles (and another image)
-    assert devices.auto_tile_size(4096, 4096, torch.bfloat16, one_tile, batch=4) == devices.AUTO_TILE // 2
+    assert devices.images_at_once(4096, 4096, devices.AUTO_TILE, torch.bfloat16, 2 * one_tile + 1) == 2
+
+
+def test_a_batch_too_large_for_the_memory_runs_in_parts_on_the_same_tiles(tiny_pipeline):
+    """Two images, memory for one image's work: each runs alone, untiled as it would be alone, rather
+    than both on smaller tiles; the same image as the batch run together, to float32's rounding."""
+    images = torch.cat([to_tensor(smooth_image(16, 32, key)) for key in ("a", "b")])  # 64 x 128 at x4
+    one_image = devices.tile_work(64, 128, None, torch.float32)
+    runs, said = [], []
+    hook = tiny_pipeline.networks.unet.register_forward_pre_hook(lambda _, args: runs.append(args[0].shape[0]))
+    try:
+        parts = tiny_pipeline.upscale_tensor(images, seed=2, steps=1, tile_size="auto", max_memory=one_image + 1,
+                                             on_retry=said.append)
+        assert runs == [1, 1]
+        together = tiny_pipeline.upscale_tensor(images, seed=2, steps=1, tile_size="auto", max_memory=1 << 50)
+        assert runs == [1, 1, 2]
+    finally:
+        hook.remove()
+    assert said == []
+    torch.testing.assert_close(parts, together, rtol=0, atol=1e-5)
 
 
 def test_the_same_command_gives_the_same_image_under_any_roomy_budget(networks):
