@@ -135,9 +135,14 @@ def run_once(bundle: Path, image: Path, out: Path, args: argparse.Namespace, cac
     command = [sys.executable, "-c", CHILD, str(marks_file), "upscale", str(image), "-o", str(out), "--weights",
                str(bundle), "--device", args.device, "--dtype", args.dtype, "--steps", str(args.steps), "-q",
                "--overwrite"]
-    env = {**os.environ, "DOSSR_CACHE_DIR": str(cache)}
+    # The child runs the dossr_cli this script imported, whatever the current folder holds (`-c` puts it first).
+    import dossr_cli
+
+    code = str(Path(dossr_cli.__file__).resolve().parent.parent)
+    env = {**os.environ, "DOSSR_CACHE_DIR": str(cache),
+           "PYTHONPATH": os.pathsep.join(filter(None, [code, os.environ.get("PYTHONPATH")]))}
     launched = time.time()
-    child = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, cwd=cache.parent)
     _, status, usage = os.wait4(child.pid, 0)
     exited = time.time()
     errors = child.stderr.read()
@@ -188,7 +193,8 @@ def main() -> None:
         summary = {"config": args.config, "bundle_bytes": size, "device": args.device, "dtype": args.dtype,
                    "steps": args.steps, "runs": args.runs, "load_average": load_average(), "median": median}
         print("| " + " | ".join(["bundle", *keys[:-1], "peak RSS"]) + " |")
-        row = [f"{args.config} ({size / 1e9:.3g} GB)", *(f"{median[k]:.2f}" for k in keys[:-1]),
+        label = args.config if args.bundle is None else args.bundle.name
+        row = [f"{label} ({size / 1e9:.3g} GB)", *(f"{median[k]:.2f}" for k in keys[:-1]),
                f"{median['peak_rss_bytes'] / (1 << 30):.2f} GiB"]
         print("| " + " | ".join(row) + " |")
         if args.json_out is not None:
