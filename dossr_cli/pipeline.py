@@ -149,11 +149,18 @@ class DoSSRPipeline:
     @classmethod
     def from_pretrained(cls, weights: str | Path = "default", device: str | torch.device | None = "auto",
                         dtype: str | torch.dtype | None = "auto", download: bool = False) -> DoSSRPipeline:
-        """Load weights as `--weights` names them: a cached name, a bundle folder, a .ckpt or hf:ORG/REPO."""
+        """Load weights as `--weights` names them: a cached name, a bundle folder, a .ckpt or hf:ORG/REPO.
+
+        The weights are read straight onto the device in the run's dtype, so no full copy of the
+        model is ever made on the host or on the device (construction's `.to` then moves nothing).
+        """
         from dossr_cli.checkpoint.bundle import load_bundle
         from dossr_cli.checkpoint.store import resolve_weights
 
-        return cls(load_bundle(resolve_weights(str(weights), download=download)), device=device, dtype=dtype)
+        target = resolve_device(device)
+        precision = resolve_dtype(dtype, target)
+        networks = load_bundle(resolve_weights(str(weights), download=download), device=target, dtype=precision)
+        return cls(networks, device=target, dtype=precision)
 
     @property
     def config(self) -> ModelConfig:

@@ -226,12 +226,14 @@ def _build_on_meta(model_config: ModelConfig, folder: Path) -> DoSSRNetworks:
                           f"({type(error).__name__}: {_first_line(error)}); {repair_advice(folder)}") from None
 
 
-def load_bundle(folder: Path) -> DoSSRNetworks:
-    """Build the networks from a bundle, every byte checked against its sha256 as it is read.
+def load_bundle(folder: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> DoSSRNetworks:
+    """Build the networks from a bundle on `device` in `dtype` (None: the files' own), every byte
+    checked against its sha256 as it is read.
 
     One pass over the disk per file (files in parallel threads: hashlib and file reads release
-    the GIL), one copy in memory, no throwaway random initialisation; anything wrong is refused
-    before the networks exist, so before any output can be written.
+    the GIL), one copy in memory, no throwaway random initialisation; each tensor lands on the
+    device and in the dtype the pipeline runs, so its own `.to(device, dtype)` then copies nothing.
+    Anything wrong is refused before the networks exist, so before any output can be written.
     """
     folder = Path(folder)
     config = read_bundle_config(folder)
@@ -239,7 +241,7 @@ def load_bundle(folder: Path) -> DoSSRNetworks:
     expected = networks.component_state_dicts()
     entries = config["components"]
     with ThreadPoolExecutor(max_workers=max(1, min(len(entries), os.cpu_count() or 1))) as pool:
-        futures = {name: pool.submit(_read_component, folder, entry) for name, entry in entries.items()}
+        futures = {name: pool.submit(_read_component, folder, entry, device, dtype) for name, entry in entries.items()}
         parts = {name: future.result() for name, future in futures.items()}  # the first failure, in order
     for name, tensors in parts.items():
         _check_component(folder / entries[name]["file"], tensors, expected[name], folder)
@@ -252,10 +254,11 @@ def load_bundle(folder: Path) -> DoSSRNetworks:
     return networks
 
 
-def _read_component(folder: Path, entry: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _read_component(folder: Path, entry: dict[str, Any], device: str | torch.device,
+                    dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     path = folder / entry["file"]
     try:
-        return read_verified(path, entry["bytes"], entry["sha256"])
+        return read_verified(path, entry["bytes"], entry["sha256"], device, dtype)
     except FileNotFoundError:
         problem = "is missing"
     except OSError as error:

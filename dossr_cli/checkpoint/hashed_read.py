@@ -5,6 +5,11 @@ hash as they arrive, so the weights are never used unverified (a stamp of size a
 would let bit rot through), never read twice, and never held twice in memory. The header
 is checked here by safetensors' own rules (known dtype, sizes that match the shapes,
 contiguous offsets that cover the file), because we parse it ourselves.
+
+The tensors land where the pipeline will run them: on the CPU in the file's dtype with no
+copy at all; in another dtype one tensor at a time (cast as it is read, so the whole file is
+never held in both dtypes); on a GPU through a small ring of (pinned, on CUDA) host chunks,
+each copied to the device while the next is read, and cast there.
 """
 
 from __future__ import annotations
@@ -29,8 +34,13 @@ class DamagedFileError(ValueError):
     """What is wrong with one file (the caller adds which file and what to do)."""
 
 
-def read_verified(path: Path, expected_bytes: int, expected_sha256: str) -> dict[str, torch.Tensor]:
-    """The tensors of `path`, raising DamagedFileError unless its size and sha256 are the expected ones."""
+def read_verified(path: Path, expected_bytes: int, expected_sha256: str, device: str | torch.device = "cpu",
+                  dtype: torch.dtype | None = None, staged: bool | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of `path` on `device`, in `dtype` (None: the file's), raising DamagedFileError
+    unless its size and sha256 are the expected ones. `staged` forces the host-chunk path (default:
+    `reads_through_host(device)`), so a CPU test can run the code a GPU load runs."""
+    device = torch.device(device)
+    through_host = reads_through_host(device) if staged is None else staged
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as handle:
         size = os.fstat(handle.fileno()).st_size
@@ -42,14 +52,65 @@ def read_verified(path: Path, expected_bytes: int, expected_sha256: str) -> dict
         if header_length > min(MAX_HEADER_BYTES, size - 8):
             raise DamagedFileError(f"is not a valid safetensors file (its header claims {header_length} bytes)")
         entries = parse_header(_read_exact(handle, header_length, digest), size - 8 - header_length)
+        staging = HostStaging(device, pins_host_chunks(device), min(CHUNK, max(size - 8 - header_length, 1))) \
+            if through_host else None
         tensors = {}
-        for name, dtype, shape, _ in entries:
-            tensor = torch.empty(shape, dtype=dtype)
-            _read_into(handle, tensor, digest)
-            tensors[name] = tensor
+        for name, file_dtype, shape, _ in entries:
+            if staging is not None:
+                tensor = staging.read(handle, shape, file_dtype, digest)
+            else:
+                tensor = torch.empty(shape, dtype=file_dtype)
+                _read_into(handle, tensor, digest)
+            # cast where it lies (on the device after staging); no copy at all when nothing changes
+            tensors[name] = tensor.to(device=device, dtype=dtype or file_dtype)
     if digest.hexdigest() != expected_sha256:
         raise DamagedFileError("is corrupt: its sha256 differs from the bundle's record")
     return tensors
+
+
+def reads_through_host(device: torch.device) -> bool:
+    """Only the CPU can read a file straight into a tensor's storage; other devices get host chunks."""
+    return device.type != "cpu"
+
+
+def pins_host_chunks(device: torch.device) -> bool:
+    """Page-locked chunks let CUDA copy asynchronously (and faster); elsewhere pinning buys nothing."""
+    return device.type == "cuda"
+
+
+class HostStaging:
+    """A ring of host chunks through which tensors reach `device`: while one chunk is copied to the
+    device (asynchronously when pinned), the next is read from the file and hashed. A chunk is
+    refilled only after its copy finished (a CUDA event), so no byte changes under a running copy."""
+
+    def __init__(self, device: torch.device, pinned: bool, chunk: int = CHUNK, depth: int = 2) -> None:
+        self.device, self.pinned = device, pinned
+        self.chunks = [torch.empty(chunk, dtype=torch.uint8, pin_memory=pinned) for _ in range(depth)]
+        self.copies: list[object | None] = [None] * depth
+        self.turn = 0
+
+    def read(self, handle, shape: tuple[int, ...], dtype: torch.dtype, digest) -> torch.Tensor:  # noqa: ANN001
+        tensor = torch.empty(shape, dtype=dtype, device=self.device)
+        target = tensor.view(-1).view(torch.uint8) if tensor.numel() else tensor
+        size = self.chunks[0].numel()
+        for start in range(0, tensor.numel() * dtype.itemsize, size):
+            slot = self.turn % len(self.chunks)
+            self.turn += 1
+            if self.copies[slot] is not None:
+                self.copies[slot].synchronize()
+            piece = self.chunks[slot][:min(size, target.numel() - start)]
+            view = memoryview(piece.numpy())
+            _fill(handle, view)
+            digest.update(view)
+            target[start:start + piece.numel()].copy_(piece, non_blocking=self.pinned)
+            self.copies[slot] = _copy_done(self.device) if self.pinned else None
+        return tensor
+
+
+def _copy_done(device: torch.device) -> object:
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(device))
+    return event
 
 
 def parse_header(raw: bytes, data_bytes: int) -> list[tuple[str, torch.dtype, tuple[int, ...], int]]:
