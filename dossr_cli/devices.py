@@ -22,10 +22,14 @@ MIN_TILE = 64
 # the UNet's first level, against 262,144 for a whole 4096x4096 latent: 16x the attention FLOPs),
 # and the tile the tiled VAE's memory model keeps a 4096x4096 output under 8 GB with.
 AUTO_TILE = 1024
-# Device bytes per pixel of the x4 image that the largest stage (the VAE decoder at full
-# resolution: 128-256 channels, a few live tensors) needs, by bytes per value. An estimate
-# that errs large; the out-of-memory fallback below covers what it gets wrong.
-BYTES_PER_PIXEL = {2: 1536, 4: 3072}
+# Peak device bytes of the largest stage per pixel of one tile of the x4 image (or of the
+# untiled image), by bytes per value, weights apart. From the memory model, the full-size
+# model on the meta device (benchmarks/memory_model.py; tests/test_tiled_vae_memory.py checks
+# the constant against it): bf16 1,567 at 512-pixel tiles of 896x896 and 1,948 at 1024-pixel
+# tiles of 4096x4096 (the x4 preprocessor, 4 tiles per call, and the image-wide buffers),
+# 1,549 untiled (the VAE decoder); fp32 3,106, 3,490 and 3,099. Rounded up; the out-of-memory
+# fallback covers what it misses (cuDNN workspaces, the allocator's rounding).
+BYTES_PER_PIXEL = {2: 2048, 4: 4096}
 
 
 def available_memory(device: torch.device) -> int:

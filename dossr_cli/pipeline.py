@@ -31,6 +31,7 @@ from dossr_cli.networks import DoSSRNetworks
 from dossr_cli.networks.config import ModelConfig
 from dossr_cli.schedule import DEFAULT_T1, coefficient_table
 from dossr_cli.solver import ORDERS, StepCallback, dos_sde_sample, eps_to_data_prediction
+from dossr_cli.tile_parking import Parking
 from dossr_cli.tiled_vae import run_synchronized
 from dossr_cli.tiling import TiledPlan, run_tiled
 from dossr_cli.timing import NullTimer
@@ -380,29 +381,30 @@ class DoSSRPipeline:
             for module in modules:
                 module.to(dtype)
 
-    def encode_control(self, image: torch.Tensor, plan: TiledPlan) -> torch.Tensor:
-        """The control latent (the second encoder's mode), on synchronised tiles when the plan has several."""
+    def encode_control(self, image: torch.Tensor, plan: TiledPlan, parking: Parking | None = None) -> torch.Tensor:
+        """The control latent (the second encoder's mode), on synchronised tiles when the plan has several.
+        `parking`: where waiting tiles go (tile_parking.parking_for the device by default)."""
         encoder = self.networks.control_encoder
         if plan.is_single:
             return encoder(image)
         moments = encoder.quant_conv(run_synchronized(encoder.encoder, "encoder", image, plan,
-                                                      self.config.vae.downscale, 1).to(self.dtype))
+                                                      self.config.vae.downscale, 1, parking).to(self.dtype))
         return moments.chunk(2, dim=1)[0] * encoder.scaling_factor
 
-    def encode_moments(self, image: torch.Tensor, plan: TiledPlan) -> torch.Tensor:
+    def encode_moments(self, image: torch.Tensor, plan: TiledPlan, parking: Parking | None = None) -> torch.Tensor:
         """The VAE encoder's Gaussian moments (mean and log-variance, stacked on channels)."""
         vae = self.networks.vae
         if plan.is_single:
             return vae.quant_conv(vae.encoder(image))
-        moments = run_synchronized(vae.encoder, "encoder", image, plan, self.config.vae.downscale, 1)
+        moments = run_synchronized(vae.encoder, "encoder", image, plan, self.config.vae.downscale, 1, parking)
         return vae.quant_conv(moments.to(self.dtype))
 
-    def decode(self, latent: torch.Tensor, plan: TiledPlan) -> torch.Tensor:
+    def decode(self, latent: torch.Tensor, plan: TiledPlan, parking: Parking | None = None) -> torch.Tensor:
         vae = self.networks.vae
         if plan.is_single:
             return vae.decode(latent).sample
         return run_synchronized(vae.decoder, "decoder", vae.post_quant_conv(latent), plan, 1,
-                                self.config.vae.downscale)
+                                self.config.vae.downscale, parking)
 
     def preprocess(self, lq: torch.Tensor, tile_size: int | None = None,
                    tile_overlap: int = DEFAULT_TILE_OVERLAP) -> torch.Tensor:
