@@ -105,6 +105,22 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
     return DTYPES[dtype]
 
+
+def channels_last_default(device: torch.device) -> bool:
+    """What `memory_format="auto"` means: contiguous (NCHW) on every device, for now.
+
+    NHWC would suit cuDNN's half-precision convolutions, but aten's `group_norm` makes a CUDA input
+    contiguous before its kernel (`input.device().is_cpu() ? input.contiguous(memory_format) :
+    input.contiguous()` in aten/src/ATen/native/group_norm.cpp) and returns NCHW, so each of the ~88
+    GroupNorms of a UNet step (22-30 per VAE coder) would add a copy there and another into the next
+    convolution, and strides that change from block to block recompile compiled blocks. Which wins has
+    never been measured on a GPU: `benchmarks/gpu_check` times both (`dossr bench --memory-format`), and
+    this answer should follow its figures.
+    """
+    del device  # the same answer everywhere until a GPU has measured both layouts
+    return False
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype))
 
