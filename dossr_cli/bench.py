@@ -59,7 +59,7 @@ class BenchResult:
     tflops: float  # achieved, at the p50 latency
     peak_tflops: float | None
     peak_share: float | None
-    memory_format: str = "contiguous"  # the networks' layout (DoSSRPipeline.memory_format)
+    memory_format: str = ""  # the networks' layout (DoSSRPipeline.memory_format), as run_bench found it
     stages: dict[str, float] = field(default_factory=dict)  # seconds per image, `other` included
     latencies_s: list[float] = field(default_factory=list)
 

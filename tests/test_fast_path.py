@@ -132,7 +132,7 @@ def test_a_compiled_pipeline_gives_the_eager_output(networks, images):
 
 def test_channels_last_networks_give_the_same_output(networks, images):
     """What `memory_format="channels-last"` does (on any device), checked on the CPU: NHWC weights and
-    inputs change no result beyond float rounding (measured max 2e-6 here; the bound allows 50x)."""
+    inputs change no result beyond float rounding (measured max 3.6e-6 here; the bound allows ~30x)."""
     contiguous = DoSSRPipeline(copy.deepcopy(networks), device="cpu", dtype="fp32", memory_format="contiguous")
     nhwc = DoSSRPipeline(copy.deepcopy(networks), device="cpu", dtype="fp32", memory_format="channels-last")
     assert nhwc.networks.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)

@@ -56,8 +56,8 @@ Compare = Annotated[Path | None, typer.Option("--compare", help="Also write a si
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the networks, block by block: the first "
                                        "image of each size waits for the compiler, the rest run faster; the "
                                        "compiled code is kept on disk for the next run.")]
-MemoryFormat = Annotated[str, typer.Option("--memory-format", help="The networks' layout: auto (contiguous for "
-                                           "now), contiguous or channels-last.")]
+MemoryFormat = Annotated[str, typer.Option("--memory-format", help="The networks' layout: auto (channels-last "
+                                           "on the CPU, contiguous on GPUs), contiguous or channels-last.")]
 
 DEFAULTS = UpscaleParams()
 
