@@ -59,6 +59,7 @@ class BenchResult:
     tflops: float  # achieved, at the p50 latency
     peak_tflops: float | None
     peak_share: float | None
+    memory_format: str = ""  # the networks' layout (DoSSRPipeline.memory_format), as run_bench found it
     stages: dict[str, float] = field(default_factory=dict)  # seconds per image, `other` included
     latencies_s: list[float] = field(default_factory=list)
 
@@ -181,7 +182,8 @@ def run_bench(pipe: DoSSRPipeline, size: int = 128, steps: int = 5, order: int =
         output_size=size * pipe.config.upscale, steps=steps, order=order, batch=batch, warmup=warmup, runs=runs,
         latency_p50_s=p50, latency_p90_s=p90, images_per_s=batch / p50, peak_memory_bytes=device_peak,
         peak_host_memory_bytes=host, tflop_per_image=flops / batch / 1e12, tflops=tflops, peak_tflops=peak,
-        peak_share=None if peak is None else tflops / peak, stages=stages, latencies_s=latencies)
+        peak_share=None if peak is None else tflops / peak, memory_format=pipe.memory_format, stages=stages,
+        latencies_s=latencies)
 
 
 __all__ = ["PEAK_TFLOPS", "BenchResult", "bench_input", "network_flops", "peak_tflops",

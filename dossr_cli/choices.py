@@ -7,3 +7,4 @@ ORDERS = (1, 2, 3)  # DoS-SDE solver orders
 COLOR_FIXES = ("wavelet", "adain", "none")
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 SEED_RANGE = (-(2**63), 2**63 - 1)  # a run seed is hashed as 8 signed bytes
+MEMORY_FORMATS = ("auto", "contiguous", "channels-last")  # the networks' layout (devices.channels_last_default)

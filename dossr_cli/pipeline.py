@@ -22,10 +22,12 @@ import torch.nn.functional as F
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from PIL import Image
 
+from dossr_cli.choices import MEMORY_FORMATS
 from dossr_cli.colorfix import COLOR_FIXES, color_fix
-from dossr_cli.devices import (AUTO_TILE, MIN_TILE, auto_tile_size, default_budget, dtype_name, images_at_once,
-                               is_out_of_memory, memory_text, release_cached_memory, reproducible_tile, resolve_device,
-                               resolve_dtype, smaller_tile)
+from dossr_cli.compiling import compile_networks, network_entries
+from dossr_cli.devices import (AUTO_TILE, MIN_TILE, auto_tile_size, channels_last_default, default_budget, dtype_name,
+                               images_at_once, is_out_of_memory, memory_text, release_cached_memory, reproducible_tile,
+                               resolve_device, resolve_dtype, smaller_tile)
 from dossr_cli.errors import DossrError
 from dossr_cli.networks import DoSSRNetworks
 from dossr_cli.networks.config import ModelConfig
@@ -108,19 +110,6 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
         for k in left)
 
 
-def compile_regions(networks: DoSSRNetworks) -> list[torch.nn.Module]:
-    """The blocks `DoSSRPipeline.compile` compiles one by one: every down, mid and up block of
-    the UNet, ControlNet and VAE coders, and the RRDBNet's trunk blocks."""
-    regions: list[torch.nn.Module] = []
-    for net in (networks.unet, networks.controlnet):
-        regions += [*net.down_blocks, net.mid_block, *getattr(net, "up_blocks", [])]
-    for coder in (networks.vae.encoder, networks.control_encoder.encoder):
-        regions += [*coder.down_blocks, coder.mid_block]
-    regions += [*networks.vae.decoder.up_blocks, networks.vae.decoder.mid_block]
-    regions += list(networks.preprocessor.body)
-    return regions
-
-
 def validate_options(steps: int, order: int, t1: int, color_fix_method: str) -> None:
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(map(str, ORDERS))}; got {order}")
@@ -135,13 +124,17 @@ class DoSSRPipeline:
     auto_tile = AUTO_TILE  # --tile-size auto's tile (devices.reproducible_tile); tests of the tiny model shrink it
 
     def __init__(self, networks: DoSSRNetworks, device: str | torch.device | None = "auto",
-                 dtype: str | torch.dtype | None = "auto") -> None:
+                 dtype: str | torch.dtype | None = "auto", memory_format: str = "auto") -> None:
+        """`memory_format`: "contiguous" (NCHW), "channels-last" (NHWC weights, so the convolutions run
+        NHWC) or "auto" (devices.channels_last_default: NHWC on the CPU, where it measured faster; NCHW on GPUs
+        until one has measured both)."""
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.fp32_stages: set[str] = set()  # stages that overflowed in half precision (finite_or_fp32)
         self.networks = networks.eval().requires_grad_(False).to(self.device, self.dtype)
-        if self.device.type == "cuda":  # cuDNN's convolutions and GroupNorm are fastest in NHWC
-            self.networks.to(memory_format=torch.channels_last)
+        self._layout_hooks: list = []
+        self._step_hooks: list = []
+        self.use_memory_format(memory_format)
         # A checkpoint whose control encoder is a byte-identical copy of the VAE's encoder gives
         # both latents from one pass: the control latent is the posterior's mean, scaled.
         self.shared_encoder = same_weights(self.networks.control_encoder.encoder, self.networks.vae.encoder) and \
@@ -163,18 +156,44 @@ class DoSSRPipeline:
         networks = load_bundle(resolve_weights(str(weights), download=download), device=target, dtype=precision)
         return cls(networks, device=target, dtype=precision)
 
+    def use_memory_format(self, memory_format: str = "auto") -> DoSSRPipeline:
+        """Lay out the networks' weights, and every network's image-shaped inputs, as `memory_format` says
+        (see __init__); before compiling. Inputs too, because a convolution follows its input's layout as
+        much as its weight's: an HWC image made NHWC the whole pipeline on the CPU, and a layout that
+        changed from call to call recompiled compiled blocks. Returns self."""
+        if memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}; got {memory_format!r}")
+        channels_last = channels_last_default(self.device) if memory_format == "auto" else \
+            memory_format == "channels-last"
+        self.memory_format = "channels-last" if channels_last else "contiguous"
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.networks.to(memory_format=layout)
+        for handle in self._layout_hooks:
+            handle.remove()
+
+        def inputs_in_layout(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            def laid_out(value: object) -> object:
+                is_image = isinstance(value, torch.Tensor) and value.ndim == 4
+                return value.contiguous(memory_format=layout) if is_image else value
+            return tuple(map(laid_out, args)), {key: laid_out(value) for key, value in kwargs.items()}
+
+        self._layout_hooks = [net.register_forward_pre_hook(inputs_in_layout, with_kwargs=True)
+                              for net in network_entries(self.networks)]
+        return self
+
     @property
     def config(self) -> ModelConfig:
         return self.networks.config
 
-    def compile(self, mode: str | None = None, backend: str = "inductor") -> DoSSRPipeline:
-        """torch.compile the networks region by region: each block of the UNet, ControlNet, VAE and
-        RRDBNet is compiled on its own, so repeated blocks share their code and compiling takes
-        seconds instead of minutes, with most of the speed of a whole-graph compile.
-        `mode="reduce-overhead"` adds CUDA graphs. Returns self.
+    def compile(self, mode: str | None = None, backend: str | Callable = "inductor",
+                cuda_graphs: bool | None = None) -> DoSSRPipeline:
+        """torch.compile the networks block by block (dossr_cli/compiling.py says how and why), with
+        inductor's caches on disk. `mode="reduce-overhead"` adds CUDA graphs, a generation per network
+        call; `cuda_graphs` forces those boundaries on or off whatever the mode. Returns self.
         """
-        for block in compile_regions(self.networks):
-            block.compile(mode=mode, backend=backend, dynamic=False)
+        for handle in self._step_hooks:
+            handle.remove()
+        self._step_hooks = compile_networks(self.networks, mode, backend, cuda_graphs)
         return self
 
     def upscale(

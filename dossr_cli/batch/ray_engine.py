@@ -73,7 +73,7 @@ class Upscaler:
     so writes the bytes the local engine writes on the same kind of machine.
     """
 
-    def __init__(self, bundle: str, device: str, dtype: str, threads: int) -> None:
+    def __init__(self, bundle: str, device: str, dtype: str, threads: int, compile: bool = False) -> None:
         import torch
 
         from dossr_cli.pipeline import DoSSRPipeline
@@ -82,6 +82,8 @@ class Upscaler:
         self.error: DossrError | None = None
         try:
             self.pipe = DoSSRPipeline.from_pretrained(bundle, device=device, dtype=dtype)
+            if compile:  # --compile: each actor compiles its own (inductor's cache on disk is shared)
+                self.pipe.compile()
         except DossrError as error:  # handed to the driver by ready(), which stops the run with it
             self.error = error
 
@@ -106,7 +108,8 @@ class _Attempt:
 
 def run_ray(bundle: Path, device: str, dtype: str, items: list[BatchItem], params: UpscaleParams, model: str,
             journal: Journal, overwrite: bool, address: str | None = None, workers: int | None = None,
-            gpus_per_worker: float | None = None, on_start: Callable[[BatchItem], None] | None = None,
+            gpus_per_worker: float | None = None, compile: bool = False,
+            on_start: Callable[[BatchItem], None] | None = None,
             on_outcome: Callable[[Outcome], None] | None = None,
             notify: Callable[[str], None] | None = None, batch_size: int = 0) -> list[Outcome]:
     """Items on Ray actors, `actor_batch` at a time each, the journal updated around each in this
@@ -126,7 +129,8 @@ def run_ray(bundle: Path, device: str, dtype: str, items: list[BatchItem], param
         options: dict[str, Any] = {"num_gpus": gpus} if gpus else {"num_cpus": threads}
         actor_class = ray.remote(Upscaler).options(max_restarts=0, **options)
         # a CPU actor computes on the CPU even where its node has a GPU it holds none of
-        spawn_args = (str(bundle.resolve()), device if gpus or device != "auto" else "cpu", dtype, threads)
+        spawn_args = (str(bundle.resolve()), device if gpus or device != "auto" else "cpu", dtype, threads,
+                      compile)
         per_actor = actor_batch(batch_size, gpus, spawn_args[1])
         actors: list[Any] = []
         starting: dict[Any, Any] = {}  # ready() reference -> its actor, until the weights are loaded

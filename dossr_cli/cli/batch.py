@@ -68,6 +68,7 @@ def batch(
     tile_overlap: common.TileOverlap = None,
     max_memory: common.MaxMemory = None,
     compare: common.Compare = None,
+    compile: common.Compile = False,
     json_output: common.Json = False,
     quiet: common.Quiet = False,
     debug: common.Debug = False,
@@ -118,7 +119,7 @@ def batch(
     if engine == "local" and not (outdir / JOURNAL_NAME).is_file():
         # A first run has everything to do: load the weights before the output folder and journal exist,
         # so that weights that cannot be loaded leave nothing behind.
-        pipe = common.load_pipeline(bundle, device, dtype)
+        pipe = common.load_pipeline(bundle, device, dtype, compile)
     journal = Journal(outdir)
     outcomes: list[Outcome] = []
     stopped: DiskFullError | None = None
@@ -143,12 +144,12 @@ def batch(
                     report(outcome)
 
                 run_ray(bundle, device, dtype, todo, params, model, journal, overwrite, address, workers,
-                        gpus_per_worker, on_start=lambda item: bars.start_image(item.rel),
+                        gpus_per_worker, compile=compile, on_start=lambda item: bars.start_image(item.rel),
                         on_outcome=finished_remotely, notify=lambda message: say(f"dossr: note: {message}", quiet),
                         batch_size=batch_size)
         elif todo:
             if pipe is None:
-                pipe = common.load_pipeline(bundle, device, dtype)
+                pipe = common.load_pipeline(bundle, device, dtype, compile)
             with progress_bars(len(todo), params.steps, quiet) as bars:
                 def finished(outcome: Outcome) -> None:
                     bars.done_image()

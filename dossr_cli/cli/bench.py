@@ -27,9 +27,10 @@ def bench(
     runs: Annotated[int, typer.Option("--runs", help="Timed calls.")] = 10,
     device: common.Device = "auto",
     dtype: common.Dtype = "auto",
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the networks, block by block.")] = False,
+    compile: common.Compile = False,
     cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="Compile with CUDA graphs "
                                               "(mode reduce-overhead; CUDA only).")] = False,
+    memory_format: common.MemoryFormat = "auto",
     weights: common.Weights = None,
     download: common.Download = False,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="The model with random weights instead "
@@ -53,12 +54,13 @@ def bench(
     if random_weights and weights is not None:
         raise UsageError("--weights and --random-weights exclude each other: pick one")
     common.make_params(4.0, None, None, steps, order, 500, 0, "wavelet", None, None, "all", None)  # checks them
+    common.check_memory_format(memory_format)
     common.check_device_dtype(device, dtype)
     from dossr_cli.devices import resolve_device
 
     if cuda_graphs and resolve_device(device).type != "cuda":
         raise UsageError(f"--cuda-graphs needs a CUDA device; this run is on {resolve_device(device).type}")
-    pipe = _load(weights, download, random_weights, random_config, device, dtype, quiet)
+    pipe = _load(weights, download, random_weights, random_config, device, dtype, memory_format, quiet)
     mode = "cuda-graphs" if cuda_graphs else "default" if compile else "off"
     if mode != "off":
         pipe.compile(mode="reduce-overhead" if cuda_graphs else None)
@@ -79,9 +81,10 @@ def bench(
 
 
 def _load(weights: str | None, download: bool, random_weights: bool, random_config: str, device: str, dtype: str,
-          quiet: bool):
+          memory_format: str, quiet: bool):
     if not random_weights:
-        return common.load_pipeline(common.find_weights(weights, download, quiet), device, dtype)
+        return common.load_pipeline(common.find_weights(weights, download, quiet), device, dtype,
+                                    memory_format=memory_format)
     from dossr_cli.networks.config import ModelConfig
     from dossr_cli.devices import resolve_device, resolve_dtype
     from dossr_cli.pipeline import DoSSRPipeline
@@ -91,7 +94,8 @@ def _load(weights: str | None, download: bool, random_weights: bool, random_conf
     precision = resolve_dtype(dtype, target)
     config = ModelConfig() if random_config == "full" else tiny_config()
     say(f"building the {random_config}-size model with random weights on {target}", quiet)
-    return DoSSRPipeline(fast_random_networks(config, seed=0, device=target, dtype=precision), target, precision)
+    return DoSSRPipeline(fast_random_networks(config, seed=0, device=target, dtype=precision), target, precision,
+                         memory_format=memory_format)
 
 
 def _report(result: BenchResult) -> None:
@@ -99,7 +103,8 @@ def _report(result: BenchResult) -> None:
     gib = 1 << 30
     share = f" = {100 * result.peak_share:.1f}% of the {result.peak_tflops:g} peak" if result.peak_share else ""
     lines = [
-        f"device:   {result.device} (torch {result.torch}, {result.dtype}, compile {result.compile})",
+        (f"device:   {result.device} (torch {result.torch}, {result.dtype}, {result.memory_format}, "
+         f"compile {result.compile})"),
         (f"task:     {result.size}x{result.size} -> {result.output_size}x{result.output_size}, {result.steps} steps, "
         f"order {result.order}, batch {result.batch}"),
         (f"latency:  p50 {result.latency_p50_s:.4f} s, p90 {result.latency_p90_s:.4f} s per call "

@@ -12,7 +12,7 @@ import typer
 
 from dossr_cli import imageio
 from dossr_cli.batch.params import DEFAULT_SEED, UpscaleParams
-from dossr_cli.choices import DTYPE_NAMES
+from dossr_cli.choices import DTYPE_NAMES, MEMORY_FORMATS
 from dossr_cli.cli.console import confirm, say
 from dossr_cli.errors import UsageError
 
@@ -55,6 +55,11 @@ MaxMemory = Annotated[str | None, typer.Option("--max-memory", help="Memory a ti
                                                "nine tenths of the free memory).")]
 Compare = Annotated[Path | None, typer.Option("--compare", help="Also write a side-by-side picture (input "
                                               "enlarged with nearest neighbour | result) to this file or folder.")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the networks, block by block: the first "
+                                       "image of each size waits for the compiler, the rest run faster; the "
+                                       "compiled code is kept on disk for the next run.")]
+MemoryFormat = Annotated[str, typer.Option("--memory-format", help="The networks' layout: auto (channels-last "
+                                           "on the CPU, contiguous on GPUs), contiguous or channels-last.")]
 
 DEFAULTS = UpscaleParams()
 
@@ -116,6 +121,11 @@ def check_device_dtype(device: str, dtype: str) -> None:
         raise UsageError("--device mps: Apple's Metal (MPS) is not available here; use --device auto or cpu")
 
 
+def check_memory_format(memory_format: str) -> None:
+    if memory_format not in MEMORY_FORMATS:
+        raise UsageError(f"--memory-format must be one of {', '.join(MEMORY_FORMATS)}; got {memory_format!r}")
+
+
 def find_weights(weights: str | None, download: bool, quiet: bool) -> Path:
     """The bundle folder for --weights (maybe asking to download it); nothing is loaded yet."""
     from dossr_cli.checkpoint.store import resolve_weights
@@ -133,13 +143,18 @@ def weights_identity(bundle: Path) -> str:
     return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_pipeline(bundle: Path, device: str, dtype: str) -> DoSSRPipeline:
-    """Load a bundle found by `find_weights` onto the device."""
+def load_pipeline(bundle: Path, device: str, dtype: str, compile: bool = False,
+                  memory_format: str = "auto") -> DoSSRPipeline:
+    """Load a bundle found by `find_weights` onto the device, laid out and (with --compile) compiled."""
     from dossr_cli.pipeline import DoSSRPipeline
 
     check_device_dtype(device, dtype)
-    return DoSSRPipeline.from_pretrained(bundle, device=device, dtype=dtype)
+    check_memory_format(memory_format)
+    pipe = DoSSRPipeline.from_pretrained(bundle, device=device, dtype=dtype)
+    if memory_format != "auto":
+        pipe.use_memory_format(memory_format)
+    return pipe.compile() if compile else pipe
 
 
-__all__ = ["DEFAULT_SEED", "check_device_dtype", "default_suffix", "find_weights", "load_pipeline", "make_params",
-           "weights_identity"]
+__all__ = ["DEFAULT_SEED", "check_device_dtype", "check_memory_format", "default_suffix", "find_weights",
+           "load_pipeline", "make_params", "weights_identity"]

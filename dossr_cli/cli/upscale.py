@@ -65,6 +65,7 @@ def upscale(
     tile_overlap: common.TileOverlap = None,
     max_memory: common.MaxMemory = None,
     compare: common.Compare = None,
+    compile: common.Compile = False,
     json_output: common.Json = False,
     quiet: common.Quiet = False,
     debug: common.Debug = False,
@@ -108,7 +109,7 @@ def upscale(
 
     from dossr_cli.batch.job import run_job  # torch: only once every option has been checked
 
-    pipe = common.load_pipeline(common.find_weights(weights, download, quiet), device, dtype)
+    pipe = common.load_pipeline(common.find_weights(weights, download, quiet), device, dtype, compile)
     with progress_bars(len(pending), params.steps, quiet) as bars:
         for source, dest, side in pending:
             bars.start_image(source)
