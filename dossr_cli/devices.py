@@ -177,19 +177,20 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def channels_last_default(device: torch.device) -> bool:
-    """What `memory_format="auto"` means: channels-last (NHWC) on the CPU, contiguous (NCHW) elsewhere.
+    """What `memory_format="auto"` means: contiguous (NCHW) on every device until a measurement says otherwise.
 
-    CPU, measured: oneDNN's NHWC convolutions and torch's NHWC GroupNorm ran the tiny model 10-17% faster
-    (`dossr bench --random-weights --random-config tiny --size 64 --memory-format ...`: 0.74-0.90 s
-    against 0.89-1.00 s), and an HWC image already made the command line's runs NHWC before this choice.
+    CPU: oneDNN's NHWC convolutions ran the tiny model 10-17% faster (`dossr bench --random-weights
+    --random-config tiny --size 64 --memory-format ...`: 0.74-0.90 s against 0.89-1.00 s, a noisy VM), but
+    the full-size model is unmeasured and reading the weights into NHWC costs a copy of each conv weight at
+    load (peak 1.23x the fp32 weights against 1.04x, tests/test_cold_start.py): opt in with
+    `--memory-format channels-last` where it pays.
     CUDA, not measured: NHWC would suit cuDNN's half-precision convolutions, but aten's `group_norm` makes
     a CUDA input contiguous before its kernel (`input.device().is_cpu() ? input.contiguous(memory_format)
     : input.contiguous()` in aten/src/ATen/native/group_norm.cpp) and returns NCHW, so each of the ~88
     GroupNorms of a UNet step (22-30 per VAE coder) would add a copy there and another into the next
-    convolution. `benchmarks/gpu_check` times both (`dossr bench --memory-format`); follow its figures.
-    MPS: not measured either; contiguous.
+    convolution. `benchmarks/gpu_check.sh` times both (`dossr bench --memory-format`); follow its figures.
     """
-    return device.type == "cpu"
+    return False
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -118,6 +118,13 @@ def validate_options(steps: int, order: int, t1: int, color_fix_method: str) -> 
     coefficient_table(steps, t1)  # raises on a bad steps or t1
 
 
+def channels_last(memory_format: str, device: torch.device) -> bool:
+    """Whether `memory_format` ("auto", "contiguous", "channels-last") means NHWC networks on `device`."""
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}; got {memory_format!r}")
+    return channels_last_default(device) if memory_format == "auto" else memory_format == "channels-last"
+
+
 class DoSSRPipeline:
     """DoSSR super-resolution: `DoSSRPipeline.from_pretrained(path).upscale(image)`."""
 
@@ -142,7 +149,8 @@ class DoSSRPipeline:
 
     @classmethod
     def from_pretrained(cls, weights: str | Path = "default", device: str | torch.device | None = "auto",
-                        dtype: str | torch.dtype | None = "auto", download: bool = False) -> DoSSRPipeline:
+                        dtype: str | torch.dtype | None = "auto", download: bool = False,
+                        memory_format: str = "auto") -> DoSSRPipeline:
         """Load weights as `--weights` names them: a cached name, a bundle folder, a .ckpt or hf:ORG/REPO.
 
         The weights are read straight onto the device in the run's dtype, so no full copy of the
@@ -153,20 +161,19 @@ class DoSSRPipeline:
 
         target = resolve_device(device)
         precision = resolve_dtype(dtype, target)
-        networks = load_bundle(resolve_weights(str(weights), download=download), device=target, dtype=precision)
-        return cls(networks, device=target, dtype=precision)
+        layout = torch.channels_last if channels_last(memory_format, target) else None  # read in it: no second copy
+        networks = load_bundle(resolve_weights(str(weights), download=download), device=target, dtype=precision,
+                               memory_format=layout)
+        return cls(networks, device=target, dtype=precision, memory_format=memory_format)
 
     def use_memory_format(self, memory_format: str = "auto") -> DoSSRPipeline:
         """Lay out the networks' weights, and every network's image-shaped inputs, as `memory_format` says
         (see __init__); before compiling. Inputs too, because a convolution follows its input's layout as
         much as its weight's: an HWC image made NHWC the whole pipeline on the CPU, and a layout that
         changed from call to call recompiled compiled blocks. Returns self."""
-        if memory_format not in MEMORY_FORMATS:
-            raise ValueError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}; got {memory_format!r}")
-        channels_last = channels_last_default(self.device) if memory_format == "auto" else \
-            memory_format == "channels-last"
-        self.memory_format = "channels-last" if channels_last else "contiguous"
-        layout = torch.channels_last if channels_last else torch.contiguous_format
+        nhwc = channels_last(memory_format, self.device)
+        self.memory_format = "channels-last" if nhwc else "contiguous"
+        layout = torch.channels_last if nhwc else torch.contiguous_format
         self.networks.to(memory_format=layout)
         for handle in self._layout_hooks:
             handle.remove()

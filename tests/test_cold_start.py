@@ -49,6 +49,14 @@ def test_from_pretrained_loads_in_the_run_dtype_so_construction_moves_nothing(ti
     before = {k: t.data_ptr() for k, t in state(networks).items()}
     rebuilt = DoSSRPipeline(networks, device="cpu", dtype="fp16")  # its .to(device, dtype): nothing to do
     assert {k: t.data_ptr() for k, t in state(rebuilt.networks).items()} == before
+    # channels-last asked for: read in that layout, so construction moves nothing either
+    nhwc = DoSSRPipeline.from_pretrained(tiny_bundles["fp16"], device="cpu", dtype="fp16", memory_format="channels-last")
+    conv = nhwc.networks.vae.decoder.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    networks = load_bundle(tiny_bundles["fp16"], device="cpu", dtype=torch.float16, memory_format=torch.channels_last)
+    before = {k: t.data_ptr() for k, t in state(networks).items()}
+    rebuilt = DoSSRPipeline(networks, device="cpu", dtype="fp16", memory_format="channels-last")
+    assert {k: t.data_ptr() for k, t in state(rebuilt.networks).items()} == before
 
 
 def write_file(path: Path, tensors: dict[str, torch.Tensor]) -> tuple[int, str]:

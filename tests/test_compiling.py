@@ -155,9 +155,8 @@ def test_step_boundaries_are_the_networks_the_pipeline_calls(networks):
     torch._dynamo.reset()
 
 
-def test_channels_last_is_the_default_only_where_it_was_measured_faster():
-    assert channels_last_default(torch.device("cpu")) is True
-    for device in ("cuda", "cuda:1", "mps"):  # unmeasured; CUDA's group_norm is NCHW-only
+def test_contiguous_is_the_default_layout_until_a_device_has_measured_both():
+    for device in ("cpu", "cuda", "cuda:1", "mps"):  # CUDA's group_norm is NCHW-only; the CPU's NHWC load costs a copy
         assert channels_last_default(torch.device(device)) is False
 
 
@@ -165,9 +164,11 @@ def test_the_memory_format_keyword_lays_out_the_weights_and_is_checked(networks)
     nets = copy.deepcopy(networks)
     pipe = DoSSRPipeline(nets, device="cpu", dtype="fp32", memory_format="contiguous")
     assert pipe.memory_format == "contiguous" and nets.unet.conv_in.weight.is_contiguous()
-    assert DoSSRPipeline(nets, device="cpu").memory_format == "channels-last"  # auto, on the CPU
+    assert DoSSRPipeline(nets, device="cpu", memory_format="channels-last").memory_format == "channels-last"
     assert nets.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert not nets.unet.conv_in.weight.is_contiguous()
+    assert DoSSRPipeline(nets, device="cpu").memory_format == "contiguous"  # auto
+    assert nets.unet.conv_in.weight.is_contiguous()
     with pytest.raises(ValueError, match="memory_format must be one of auto, contiguous, channels-last; got 'nhwc'"):
         DoSSRPipeline(nets, device="cpu", memory_format="nhwc")
 

@@ -226,7 +226,8 @@ def _build_on_meta(model_config: ModelConfig, folder: Path) -> DoSSRNetworks:
                           f"({type(error).__name__}: {_first_line(error)}); {repair_advice(folder)}") from None
 
 
-def load_bundle(folder: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> DoSSRNetworks:
+def load_bundle(folder: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                memory_format: torch.memory_format | None = None) -> DoSSRNetworks:
     """Build the networks from a bundle on `device` in `dtype` (None: the files' own), every byte
     checked against its sha256 as it is read.
 
@@ -241,7 +242,8 @@ def load_bundle(folder: Path, device: str | torch.device = "cpu", dtype: torch.d
     expected = networks.component_state_dicts()
     entries = config["components"]
     with ThreadPoolExecutor(max_workers=max(1, min(len(entries), os.cpu_count() or 1))) as pool:
-        futures = {name: pool.submit(_read_component, folder, entry, device, dtype) for name, entry in entries.items()}
+        futures = {name: pool.submit(_read_component, folder, entry, device, dtype, memory_format)
+                   for name, entry in entries.items()}
         parts = {name: future.result() for name, future in futures.items()}  # the first failure, in order
     for name, tensors in parts.items():
         _check_component(folder / entries[name]["file"], tensors, expected[name], folder)
@@ -255,10 +257,11 @@ def load_bundle(folder: Path, device: str | torch.device = "cpu", dtype: torch.d
 
 
 def _read_component(folder: Path, entry: dict[str, Any], device: str | torch.device,
-                    dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+                    dtype: torch.dtype | None, memory_format: torch.memory_format | None = None
+                    ) -> dict[str, torch.Tensor]:
     path = folder / entry["file"]
     try:
-        return read_verified(path, entry["bytes"], entry["sha256"], device, dtype)
+        return read_verified(path, entry["bytes"], entry["sha256"], device, dtype, memory_format=memory_format)
     except FileNotFoundError:
         problem = "is missing"
     except OSError as error:

@@ -35,8 +35,10 @@ class DamagedFileError(ValueError):
 
 
 def read_verified(path: Path, expected_bytes: int, expected_sha256: str, device: str | torch.device = "cpu",
-                  dtype: torch.dtype | None = None, staged: bool | None = None) -> dict[str, torch.Tensor]:
-    """The tensors of `path` on `device`, in `dtype` (None: the file's), raising DamagedFileError
+                  dtype: torch.dtype | None = None, staged: bool | None = None,
+                  memory_format: torch.memory_format | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of `path` on `device`, in `dtype` (None: the file's), 4-D ones in `memory_format`
+    (None: as stored; a layout given here costs one tensor's copy at a time, not the model's), raising DamagedFileError
     unless its size and sha256 are the expected ones. `staged` forces the host-chunk path (default:
     `reads_through_host(device)`), so a CPU test can run the code a GPU load runs."""
     device = torch.device(device)
@@ -62,7 +64,8 @@ def read_verified(path: Path, expected_bytes: int, expected_sha256: str, device:
                 tensor = torch.empty(shape, dtype=file_dtype)
                 _read_into(handle, tensor, digest)
             # cast where it lies (on the device after staging); no copy at all when nothing changes
-            tensors[name] = tensor.to(device=device, dtype=dtype or file_dtype)
+            layout = memory_format if memory_format is not None and tensor.ndim == 4 else torch.preserve_format
+            tensors[name] = tensor.to(device=device, dtype=dtype or file_dtype, memory_format=layout)
     if digest.hexdigest() != expected_sha256:
         raise DamagedFileError("is corrupt: its sha256 differs from the bundle's record")
     return tensors

@@ -58,8 +58,8 @@ Compare = Annotated[Path | None, typer.Option("--compare", help="Also write a si
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the networks, block by block: the first "
                                        "image of each size waits for the compiler, the rest run faster; the "
                                        "compiled code is kept on disk for the next run.")]
-MemoryFormat = Annotated[str, typer.Option("--memory-format", help="The networks' layout: auto (channels-last "
-                                           "on the CPU, contiguous on GPUs), contiguous or channels-last.")]
+MemoryFormat = Annotated[str, typer.Option("--memory-format", help="The networks' layout: auto (contiguous "
+                                           "until a device has measured both), contiguous or channels-last.")]
 
 DEFAULTS = UpscaleParams()
 
@@ -150,9 +150,7 @@ def load_pipeline(bundle: Path, device: str, dtype: str, compile: bool = False,
 
     check_device_dtype(device, dtype)
     check_memory_format(memory_format)
-    pipe = DoSSRPipeline.from_pretrained(bundle, device=device, dtype=dtype)
-    if memory_format != "auto":
-        pipe.use_memory_format(memory_format)
+    pipe = DoSSRPipeline.from_pretrained(bundle, device=device, dtype=dtype, memory_format=memory_format)
     return pipe.compile() if compile else pipe
 
 

@@ -105,11 +105,11 @@ def test_a_second_process_finds_the_compiled_code_the_first_left(tmp_path):
 
 def test_bench_records_the_memory_format_and_checks_it(dossr):
     result = dossr("bench", "--size", 16, "--warmup", 0, "--runs", 1, "-q", "--json", "--memory-format",
-                   "contiguous")
+                   "channels-last")
     assert result.code == 0, result.stderr
-    assert json.loads(result.stdout)["memory_format"] == "contiguous"
+    assert json.loads(result.stdout)["memory_format"] == "channels-last"
     default = dossr("bench", "--size", 16, "--warmup", 0, "--runs", 1, "-q", "--json")
-    assert json.loads(default.stdout)["memory_format"] == "channels-last"  # auto on the CPU
+    assert json.loads(default.stdout)["memory_format"] == "contiguous"  # auto
     bad = dossr("bench", "--memory-format", "nhwc")
     assert bad.code == 2 and bad.error_lines == [
         "dossr: error: --memory-format must be one of auto, contiguous, channels-last; got 'nhwc'"], bad.stderr
