@@ -44,6 +44,16 @@ class Resident:
     def on_host(self) -> AbstractContextManager[object]:
         return contextlib.nullcontext()
 
+    def _host_empty_like(self, t: torch.Tensor) -> torch.Tensor:
+        """Pinned while the driver grants page-locked memory (a 4096x4096 decode parks ~13 GB), then pageable
+        for the rest of the run: slower, synchronous copies rather than a failed image."""
+        if self.pinned:
+            try:
+                return torch.empty_like(t, device=self.host, pin_memory=True)
+            except RuntimeError:
+                self.pinned = self.non_blocking = False
+        return torch.empty_like(t, device=self.host)
+
     def to_device(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(t.device)
 
@@ -70,10 +80,20 @@ class HostParking:
 
     def host_copy(self, t: torch.Tensor) -> torch.Tensor:
         with self.host_allocation():
-            copy = torch.empty_like(t, device=self.host, pin_memory=self.pinned)  # the same strides: the same kernels
+            copy = self._host_empty_like(t)  # the same strides: the same kernels
             copy.copy_(t, non_blocking=self.non_blocking)
         self.bytes_to_host += t.numel() * t.element_size()
         return copy
+
+    def _host_empty_like(self, t: torch.Tensor) -> torch.Tensor:
+        """Pinned while the driver grants page-locked memory (a 4096x4096 decode parks ~13 GB), then pageable
+        for the rest of the run: slower, synchronous copies rather than a failed image."""
+        if self.pinned:
+            try:
+                return torch.empty_like(t, device=self.host, pin_memory=True)
+            except RuntimeError:
+                self.pinned = self.non_blocking = False
+        return torch.empty_like(t, device=self.host)
 
     def to_device(self, t: torch.Tensor) -> torch.Tensor:
         copy = torch.empty_like(t, device=self.device)

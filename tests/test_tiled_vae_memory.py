@@ -132,3 +132,17 @@ def test_one_decoder_tiles_peak_per_pixel_on_real_tensors():
         run_synchronized(vae.decoder, "decoder", latent, one_tile, 1, 8)
     per_pixel = 4 * (tracker.peak - base) / 128 ** 2
     assert per_pixel <= BYTES_PER_PIXEL[4], per_pixel
+
+
+def test_parking_falls_back_to_pageable_memory_when_pinning_is_refused(tiny_vae):
+    """A CPU-only torch refuses every pinned allocation, as a driver does once page-locked memory runs out:
+    the tiles then park in pageable memory, synchronously, with the same output instead of a failed image."""
+    with pytest.raises(RuntimeError):
+        torch.empty(4, pin_memory=True)  # what makes this CPU a stand-in for a GPU out of pinned memory
+    latent = torch.randn(1, 4, 12, 12, generator=torch.Generator().manual_seed(0))
+    parking = HostParking(torch.device("cpu"), host="cpu", pinned=True, non_blocking=True)
+    with torch.inference_mode():
+        resident = run_synchronized(tiny_vae.decoder, "decoder", latent, FOUR_TILES, 1, 8, Resident())
+        parked = run_synchronized(tiny_vae.decoder, "decoder", latent, FOUR_TILES, 1, 8, parking)
+    assert torch.equal(resident, parked)
+    assert not parking.pinned and not parking.non_blocking and parking.bytes_to_host > 0
