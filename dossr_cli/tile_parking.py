@@ -44,16 +44,6 @@ class Resident:
     def on_host(self) -> AbstractContextManager[object]:
         return contextlib.nullcontext()
 
-    def _host_empty_like(self, t: torch.Tensor) -> torch.Tensor:
-        """Pinned while the driver grants page-locked memory (a 4096x4096 decode parks ~13 GB), then pageable
-        for the rest of the run: slower, synchronous copies rather than a failed image."""
-        if self.pinned:
-            try:
-                return torch.empty_like(t, device=self.host, pin_memory=True)
-            except RuntimeError:
-                self.pinned = self.non_blocking = False
-        return torch.empty_like(t, device=self.host)
-
     def to_device(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(t.device)
 
