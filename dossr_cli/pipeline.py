@@ -133,8 +133,8 @@ class DoSSRPipeline:
     def __init__(self, networks: DoSSRNetworks, device: str | torch.device | None = "auto",
                  dtype: str | torch.dtype | None = "auto", memory_format: str = "auto") -> None:
         """`memory_format`: "contiguous" (NCHW), "channels-last" (NHWC weights, so the convolutions run
-        NHWC) or "auto" (devices.channels_last_default: NHWC on the CPU, where it measured faster; NCHW on GPUs
-        until one has measured both)."""
+        NHWC) or "auto" (devices.channels_last_default: contiguous on every device until a GPU has measured
+        both)."""
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.fp32_stages: set[str] = set()  # stages that overflowed in half precision (finite_or_fp32)
