@@ -23,10 +23,10 @@ from dossr_cli.batch.owner import Owner, this_run
 PARAMS = {"scale": 4}
 
 
-def child(code: str) -> subprocess.Popen:
+def child(code: str, stdin: int | None = None) -> subprocess.Popen:
     """A real other process running `code` (the journal layer only: no torch), reading our PYTHONPATH."""
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdin=stdin, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
 
 
 def claimed_by_a_child(folder: Path, names: list[str]) -> subprocess.Popen:
@@ -165,11 +165,14 @@ def test_claims_are_exclusive_across_processes(tmp_path):
         journal = Journal(Path({str(tmp_path)!r}))
         won = [n for n in {names!r} if journal.claim(n, "sha", {PARAMS!r}, Path({str(tmp_path)!r}) / n).result
                == "claimed"]
-        print(" ".join(won))
-        import os; os._exit(0)  # keep the claims: no clean release
+        print(" ".join(won), flush=True)
+        import os, sys; sys.stdin.read()  # alive until every run has claimed: a dead run's claims are orphans
+        os._exit(0)  # keep the claims: no clean release
     """
-    processes = [child(code) for _ in range(4)]
-    won = [process.communicate(timeout=120)[0].split() for process in processes]
+    processes = [child(code, stdin=subprocess.PIPE) for _ in range(4)]
+    won = [process.stdout.readline().split() for process in processes]
+    for process in processes:
+        process.communicate(input="", timeout=120)
     assert all(process.returncode == 0 for process in processes)
     assert sorted(name for names_won in won for name in names_won) == names
 
