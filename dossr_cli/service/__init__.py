@@ -1,0 +1,1 @@
+"""`dossr serve`: one warm model behind an HTTP API and a web page (FastAPI, served by uvicorn)."""
