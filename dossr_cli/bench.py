@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from dossr_cli.devices import dtype_name
 from dossr_cli.networks import DoSSRNetworks
 from dossr_cli.networks.config import ModelConfig
-from dossr_cli.devices import dtype_name
 from dossr_cli.pipeline import DoSSRPipeline
 from dossr_cli.timing import StageTimer
 

@@ -25,9 +25,22 @@ from PIL import Image
 from dossr_cli.choices import MEMORY_FORMATS
 from dossr_cli.colorfix import COLOR_FIXES, color_fix
 from dossr_cli.compiling import compile_networks, network_entries
-from dossr_cli.devices import (AUTO_TILE, MIN_TILE, auto_tile_size, channels_last_default, default_budget, dtype_name,
-                               images_at_once, is_out_of_memory, memory_text, release_cached_memory, reproducible_tile,
-                               resolve_device, resolve_dtype, smaller_tile)
+from dossr_cli.devices import (
+    AUTO_TILE,
+    MIN_TILE,
+    auto_tile_size,
+    channels_last_default,
+    default_budget,
+    dtype_name,
+    images_at_once,
+    is_out_of_memory,
+    memory_text,
+    release_cached_memory,
+    reproducible_tile,
+    resolve_device,
+    resolve_dtype,
+    smaller_tile,
+)
 from dossr_cli.errors import DossrError
 from dossr_cli.networks import DoSSRNetworks
 from dossr_cli.networks.config import ModelConfig

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from dossr_cli.batch.owner import Owner, this_run
-from dossr_cli.imageio import link_without_clobbering
 from dossr_cli.errors import DossrError
+from dossr_cli.imageio import link_without_clobbering
 
 JOURNAL_NAME = ".dossr-journal.sqlite"
 DONE, FAILED, RUNNING = "done", "failed", "running"

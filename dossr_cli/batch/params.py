@@ -135,6 +135,12 @@ class UpscaleParams:
                                    f"({work / (x4_h * x4_w):.1f} times its area); pad it to at least "
                                    f"{multiple // upscale} pixels on its short side first")
 
+    def name_suffix(self) -> str:
+        """What an output's name adds to its input's by default: _x4, or _WxH for an exact size."""
+        if self.width is not None or self.height is not None:
+            return f"_{self.width or ''}x{self.height or ''}"
+        return f"_x{self.scale:g}"
+
     def pixel_params(self) -> dict[str, Any]:
         keys = ("scale", "width", "height", "steps", "order", "t1", "seed", "color_fix", "tile_size", "tile_overlap")
         return {k: getattr(self, k) for k in keys}

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from dossr_cli import imageio
-from dossr_cli.batch.job import UpscaleParams, compare_picture, run_jobs
 from dossr_cli.batch import journal as claims
+from dossr_cli.batch.job import UpscaleParams, compare_picture, run_jobs
 from dossr_cli.batch.journal import JOURNAL_NAME, DiskFullError, Journal, content_sha256, is_disk_full, params_key
 from dossr_cli.errors import DossrError
 from dossr_cli.pipeline import DoSSRPipeline

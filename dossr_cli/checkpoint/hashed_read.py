@@ -92,7 +92,7 @@ class HostStaging:
         self.copies: list[object | None] = [None] * depth
         self.turn = 0
 
-    def read(self, handle, shape: tuple[int, ...], dtype: torch.dtype, digest) -> torch.Tensor:  # noqa: ANN001
+    def read(self, handle, shape: tuple[int, ...], dtype: torch.dtype, digest) -> torch.Tensor:
         tensor = torch.empty(shape, dtype=dtype, device=self.device)
         target = tensor.view(-1).view(torch.uint8) if tensor.numel() else tensor
         size = self.chunks[0].numel()
@@ -170,14 +170,14 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return result
 
 
-def _read_exact(handle, count: int, digest) -> bytes:  # noqa: ANN001 - a raw file and a hashlib object
+def _read_exact(handle, count: int, digest) -> bytes:
     buffer = bytearray(count)
     _fill(handle, memoryview(buffer))
     digest.update(buffer)
     return bytes(buffer)
 
 
-def _fill(handle, piece: memoryview) -> None:  # noqa: ANN001
+def _fill(handle, piece: memoryview) -> None:
     """Fill `piece` from the file: a raw read may return less than asked."""
     got = 0
     while got < len(piece):
@@ -187,7 +187,7 @@ def _fill(handle, piece: memoryview) -> None:  # noqa: ANN001
         got += more
 
 
-def _read_into(handle, tensor: torch.Tensor, digest) -> None:  # noqa: ANN001
+def _read_into(handle, tensor: torch.Tensor, digest) -> None:
     """safetensors stores little-endian, as the machines torch runs on are (checked below)."""
     if tensor.numel() == 0:
         return

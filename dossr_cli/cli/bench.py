@@ -85,8 +85,8 @@ def _load(weights: str | None, download: bool, random_weights: bool, random_conf
     if not random_weights:
         return common.load_pipeline(common.find_weights(weights, download, quiet), device, dtype,
                                     memory_format=memory_format)
-    from dossr_cli.networks.config import ModelConfig
     from dossr_cli.devices import resolve_device, resolve_dtype
+    from dossr_cli.networks.config import ModelConfig
     from dossr_cli.pipeline import DoSSRPipeline
     from dossr_cli.random_weights import fast_random_networks, tiny_config
 

@@ -84,21 +84,19 @@ def parse_tile_size(text: str) -> int | str:
         raise UsageError(f"--tile-size must be auto, 0 (no tiling) or a multiple of 64 pixels; got {text!r}") from None
 
 
-def parse_memory(text: str | None) -> int | None:
+def parse_memory(text: str | None, option: str = "--max-memory") -> int | None:
     """'8GB', '512MB', '6.5' (GB) -> bytes."""
     if text is None:
         return None
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(gb|gib|g|mb|mib|m)?\s*", text.lower())
     if match is None:
-        raise UsageError(f"--max-memory must look like 8GB or 512MB; got {text!r}")
+        raise UsageError(f"{option} must look like 8GB or 512MB; got {text!r}")
     unit = (match.group(2) or "gb")[0]
     return int(float(match.group(1)) * (1 << 30 if unit == "g" else 1 << 20))
 
 
 def default_suffix(params: UpscaleParams) -> str:
-    if params.width is not None or params.height is not None:
-        return f"_{params.width or ''}x{params.height or ''}"
-    return f"_x{params.scale:g}"
+    return params.name_suffix()
 
 
 def check_device_dtype(device: str, dtype: str) -> None:

@@ -25,6 +25,7 @@ from dossr_cli.imageio.common import (
     WEBP_QUALITY,
     DecodedImage,
     ImageReadError,
+    ImageTooLargeError,
     ImageWriteError,
     MetadataWarning,
     extension,
@@ -35,7 +36,7 @@ from dossr_cli.imageio.encode import encode_image
 
 __all__ = [
     "ALPHA_EPSILON", "ALPHA_FORMATS", "DEFAULT_MAX_PIXELS", "FORMATS", "JPEG_QUALITY", "MAX_SIDE", "METADATA_MODES",
-    "SIXTEEN_BIT_FORMATS", "WEBP_QUALITY", "DecodedImage", "ImageReadError", "ImageWriteError", "MetadataWarning",
+    "SIXTEEN_BIT_FORMATS", "WEBP_QUALITY", "DecodedImage", "ImageReadError", "ImageTooLargeError", "ImageWriteError", "MetadataWarning",
     "encode_image", "extension", "format_from_name", "link_without_clobbering", "premultiply", "read_image",
     "unpremultiply", "upscale_alpha", "write_atomic",
 ]

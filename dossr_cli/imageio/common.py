@@ -14,6 +14,10 @@ class ImageReadError(DossrError, ValueError):
     """An input that cannot be decoded; the message names it and says what to do."""
 
 
+class ImageTooLargeError(ImageReadError):
+    """An input that declares more pixels than the limit: refused from its header, before decoding."""
+
+
 class ImageWriteError(DossrError, OSError):
     """An output that cannot be encoded or written; the message names it and says what to do."""
 

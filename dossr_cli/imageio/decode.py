@@ -16,7 +16,14 @@ import numpy as np
 from PIL import Image
 
 from dossr_cli.imageio.colour import ProfileError, profile_matches, srgb_profile_bytes, to_srgb
-from dossr_cli.imageio.common import DEFAULT_MAX_PIXELS, FORMATS, DecodedImage, ImageReadError, one_line
+from dossr_cli.imageio.common import (
+    DEFAULT_MAX_PIXELS,
+    FORMATS,
+    DecodedImage,
+    ImageReadError,
+    ImageTooLargeError,
+    one_line,
+)
 from dossr_cli.imageio.integrity import (
     PNG_SIGNATURE,
     Damage,
@@ -47,12 +54,15 @@ _pillow_limit_lock = threading.Lock()
 _opencv_log_lock = threading.Lock()
 
 
-def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               name: str | None = None) -> DecodedImage:
     """Decode a file, or bytes read from stdin, fully and upright; every failure is one ImageReadError.
 
     The whole image is decoded here, so a truncated file fails before any model work starts.
+    `name` is what messages call bytes (default "stdin"; the service passes the upload's name).
     """
-    name, data = _read_source(source)
+    named, data = _read_source(source)
+    name = name if name is not None and not isinstance(source, (str, Path)) else named
     if not data:
         raise ImageReadError(f"{name}: the file is empty (0 bytes); pass a complete image file")
     # Walked before Pillow parses it, whose own CRC complaints would read as "not an image".
@@ -167,7 +177,7 @@ def _open(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
         image.close()
-        raise ImageReadError(f"{name}: declares {width}x{height} = {width * height / 1e6:.1f} Mpx, over the "
+        raise ImageTooLargeError(f"{name}: declares {width}x{height} = {width * height / 1e6:.1f} Mpx, over the "
                              f"{max_pixels / 1e6:g} Mpx input limit; if the image is genuine, raise the limit "
                              "with --max-pixels N")
     if image.format not in _PILLOW_FORMATS:
