@@ -231,7 +231,7 @@ function showComparison(card, afterUrl, width, height) {
   const after = $('[data-testid="after"]', compare);
   const divider = $('[data-testid="divider"]', compare);
   frame.style.aspectRatio = `${width} / ${height}`;
-  frame.style.maxWidth = `${Math.max(width, 360)}px`;
+  frame.style.maxWidth = `${Math.max(width, 512)}px`;
   before.alt = `${card.file.name}, the input`;
   after.alt = `${card.file.name}, upscaled to ${width}×${height}`;
   before.src = card.beforeUrl;
@@ -357,7 +357,7 @@ async function loadModel() {
     state.maxInFlight = Math.max(2, Math.min(8, 2 * (model.batch_size || 1)));
     applyDefaults(model.defaults);
     line.textContent = `dossr ${model.version} · ${model.device} · ${model.dtype} · weights ${model.name}` +
-      ` (${String(model.weights).slice(0, 12)})`;
+      ` (${model.weights})`;
   } catch (error) {
     line.textContent = `model unavailable: ${error.message}`;
     line.classList.add("error");
