@@ -46,8 +46,10 @@ def tiny_weights(folder: Path) -> str:
     return str(save_bundle(random_networks(seed=0), folder / "tiny"))
 
 
-def start_server(weights: str, folder: Path, *args: str, token: str | None = None, timeout: float = 90) -> PageServer:
-    """`dossr serve --port N ARGS` on a free port, once GET /v1/health answers 200."""
+def start_server(weights: str, folder: Path, *args: str, token: str | None = None, timeout: float = 90,
+                 wait: bool = True) -> PageServer:
+    """`dossr serve --port N ARGS` on a free port, once GET /v1/health answers 200 (at once with wait=False:
+    then call wait_until_serving, so that two servers can load their models side by side)."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = folder / f"server-{port}.log"
@@ -60,20 +62,24 @@ def start_server(weights: str, folder: Path, *args: str, token: str | None = Non
         process = subprocess.Popen([sys.executable, "-m", "dossr_cli", "serve", "--weights", weights,
                                     "--host", "127.0.0.1", "--port", str(port), *args],
                                    stdout=subprocess.DEVNULL, stderr=sink, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    server = PageServer(f"http://127.0.0.1:{port}/", process, weights, log, token, headers)
+    return wait_until_serving(server, timeout) if wait else server
+
+
+def wait_until_serving(server: PageServer, timeout: float = 90) -> PageServer:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"dossr serve exited {process.returncode}: {log.read_text()}")
+        if server.process.poll() is not None:
+            raise AssertionError(f"dossr serve exited {server.process.returncode}: {server.log.read_text()}")
         try:
-            if requests.get(url + "v1/health", headers=headers, timeout=5).status_code == 200:
-                return PageServer(url, process, weights, log, token, headers)
+            if requests.get(server.url + "v1/health", headers=server.headers, timeout=5).status_code == 200:
+                return server
         except requests.ConnectionError:
             pass
         time.sleep(0.2)
-    stop_server(process)
-    raise AssertionError(f"dossr serve did not answer /v1/health in {timeout} s: {log.read_text()}")
+    stop_server(server.process)
+    raise AssertionError(f"dossr serve did not answer /v1/health in {timeout} s: {server.log.read_text()}")
 
 
 def stop_server(process: subprocess.Popen, timeout: float = 60) -> int:
@@ -118,5 +124,5 @@ def wait_until_ended(page, count: int, timeout_ms: float = 60_000) -> None:
     }""", arg=count, timeout=timeout_ms)
 
 
-__all__ = ["CHROMIUM", "PageServer", "launch_chromium", "png_bytes", "start_server", "stop_server", "tiny_weights",
-           "pick_and_upscale", "wait_until_ended"]
+__all__ = ["CHROMIUM", "PageServer", "launch_chromium", "pick_and_upscale", "png_bytes", "start_server", "stop_server",
+           "tiny_weights", "wait_until_ended", "wait_until_serving"]

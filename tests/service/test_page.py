@@ -4,6 +4,7 @@ with the tiny random model. Upload, progress, the comparison slider, downloads, 
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from collections.abc import Iterator
 
@@ -11,14 +12,23 @@ import pytest
 import requests
 from PIL import Image
 
-from .browser import (CHROMIUM, PageServer, launch_chromium, pick_and_upscale, png_bytes, start_server, stop_server,
-                      tiny_weights)
+from .browser import (
+    CHROMIUM,
+    PageServer,
+    launch_chromium,
+    pick_and_upscale,
+    png_bytes,
+    start_server,
+    stop_server,
+    tiny_weights,
+    wait_until_serving,
+)
 
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing (Debian's chromium package): the page's browser tests need it",
                 allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 TOKEN = "page-test-token"
 # Every text a card's status line shows, in order, so a test can see the progress it went through.
@@ -39,10 +49,26 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(weights: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PageServer]:
-    running = start_server(weights, tmp_path_factory.mktemp("page-server"))
-    yield running
-    stop_server(running.process)
+def servers(weights: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PageServer, PageServer]]:
+    """Two real servers, loaded side by side: an open one and one that wants a token."""
+    folder = tmp_path_factory.mktemp("page-servers")
+    running = [start_server(weights, folder / "open", wait=False),
+               start_server(weights, folder / "guarded", token=TOKEN, wait=False)]
+    try:
+        yield tuple(wait_until_serving(one) for one in running)
+    finally:
+        for one in running:
+            stop_server(one.process)
+
+
+@pytest.fixture(scope="module")
+def server(servers: tuple[PageServer, PageServer]) -> PageServer:
+    return servers[0]
+
+
+@pytest.fixture(scope="module")
+def guarded(servers: tuple[PageServer, PageServer]) -> PageServer:
+    return servers[1]
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +151,7 @@ def test_upscale_compare_and_download(server: PageServer, page: Page) -> None:
     with page.expect_download() as download:
         first.get_by_test_id("download").click()
     assert download.value.suggested_filename == "gradient_x4.png"
-    data = open(download.value.path(), "rb").read()
+    data = download.value.path().read_bytes()
     assert Image.open(io.BytesIO(data)).size == (96, 64)
     assert data == job_result(server, first)
 
@@ -157,9 +183,7 @@ def test_an_undecodable_file_shows_the_servers_error(server: PageServer, page: P
     expect(page.get_by_test_id("download-all")).to_be_hidden()
 
 
-def test_the_token_prompt_on_a_phone(weights: str, browser: Browser,
-                                     tmp_path_factory: pytest.TempPathFactory) -> None:
-    guarded = start_server(weights, tmp_path_factory.mktemp("page-token-server"), token=TOKEN)
+def test_the_token_prompt_on_a_phone(guarded: PageServer, browser: Browser) -> None:
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
                                   has_touch=True)
     try:
@@ -195,4 +219,18 @@ def test_the_token_prompt_on_a_phone(weights: str, browser: Browser,
         expect(dialog).to_be_hidden()
     finally:
         context.close()
-        stop_server(guarded.process)
+
+
+def test_cancel_a_running_job(server: PageServer, page: Page) -> None:
+    page.goto(server.url)
+    pick_and_upscale(page, [("slow.png", png_bytes(64, 64))], steps=200)  # 20 s here: only a cancel ends it soon
+    card = page.get_by_test_id("card")
+    expect(card.get_by_test_id("status")).to_have_text(re.compile(r"^step \d+ of 200$"), timeout=30_000)
+    card.get_by_test_id("cancel").click()
+    expect(card).to_have_attribute("data-status", "cancelled", timeout=30_000)
+    expect(card.get_by_test_id("status")).to_have_text("cancelled")
+    expect(card.get_by_test_id("cancel")).to_be_hidden()
+    expect(card.get_by_test_id("download")).to_be_hidden()
+    job = requests.get(f"{server.url}v1/jobs/{card.get_attribute('data-job-id')}", timeout=30).json()
+    assert job["status"] == "cancelled" and job["result"] is None
+    assert job["progress"]["step"] < 200

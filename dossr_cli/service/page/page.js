@@ -337,10 +337,9 @@ function pump() {
 function startUpscale(event) {
   event.preventDefault();
   const fields = formFields();
-  for (const file of state.picked) {
-    const card = makeCard(file);
-    state.waiting.push({ card, fields });
-  }
+  const cards = state.picked.map(makeCard);
+  for (const card of cards) state.waiting.push({ card, fields });
+  if (cards.length) cards[0].node.scrollIntoView({ block: "nearest" });  // on a phone the cards are below the form
   state.picked = [];
   pick([]);
   $("#file-input").value = "";
