@@ -121,7 +121,10 @@ function makeCard(file) {
   const node = $("#card-template").content.firstElementChild.cloneNode(true);
   const card = { file, node, jobId: null, status: "waiting", cancelled: false, beforeUrl: URL.createObjectURL(file) };
   $('[data-testid="card-name"]', node).textContent = file.name;
-  $('[data-testid="cancel"]', node).addEventListener("click", () => cancel(card));
+  $('[data-testid="progress"]', node).setAttribute("aria-label", `Progress of ${file.name}`);
+  const cancelButton = $('[data-testid="cancel"]', node);
+  cancelButton.setAttribute("aria-label", `Cancel ${file.name}`);
+  cancelButton.addEventListener("click", () => cancel(card));
   $("#cards").append(node);
   return card;
 }
@@ -239,6 +242,7 @@ function showComparison(card, afterUrl, width, height) {
   after.addEventListener("error", () => {
     compare.hidden = true;  // e.g. TIFF: the browser cannot show it, the download still works
   }, { once: true });
+  before.addEventListener("error", () => frame.classList.add("no-before"), { once: true });  // the result alone
   const pixelated = $('[data-testid="pixelated"]', compare);
   const applyRendering = () => frame.classList.toggle("pixelated", pixelated.checked);
   pixelated.addEventListener("change", applyRendering);
