@@ -292,3 +292,9 @@ def test_sigterm_finishes_the_running_job_and_cancels_the_queued(service_weights
     assert stopped.process.wait(60) == 0
     assert events[-1][1] == "cancelled" and events[-1][2]["progress"]["step"] < 10
     assert "Traceback" not in stopped.stderr()
+
+
+def test_a_non_ascii_name_survives_in_content_disposition(server: Server):
+    response = server.post("/v1/upscale", png(smooth_image(16, 16)), filename="café.png", steps=1)
+    assert response.headers["content-disposition"] == (
+        "attachment; filename=\"caf__x4.png\"; filename*=UTF-8''caf%C3%A9_x4.png")
