@@ -6,10 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dossr_cli.checkpoint.bundle import save_bundle
-from dossr_cli.random_weights import random_networks
-
-from .serving import Server, start_server, stop_server
+from .serving import Server, start_server, stop_server, tiny_weights
 
 pytest.importorskip("fastapi", reason="dossr serve's extra is not installed: pip install 'dossr[serve]'")
 
@@ -17,7 +14,7 @@ pytest.importorskip("fastapi", reason="dossr serve's extra is not installed: pip
 @pytest.fixture(scope="session")
 def service_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The tiny random bundle (seed 0: the command-line tests' tiny_weights, byte for byte)."""
-    return str(save_bundle(random_networks(seed=0), tmp_path_factory.mktemp("service-weights") / "tiny"))
+    return tiny_weights(tmp_path_factory.mktemp("service-weights"))
 
 
 @pytest.fixture(scope="module")

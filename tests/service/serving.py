@@ -14,6 +14,7 @@ from pathlib import Path
 import requests
 
 READY = re.compile(r"serving on (http://[^ ]+/)")
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -42,31 +43,48 @@ class Server:
         return self.log.read_text()
 
 
+def tiny_weights(folder: Path) -> str:
+    """The tiny random bundle (seed 0: the command-line tests' tiny_weights, byte for byte)."""
+    from dossr_cli.checkpoint.bundle import save_bundle
+    from dossr_cli.random_weights import random_networks
+
+    return str(save_bundle(random_networks(seed=0), folder / "tiny"))
+
+
 def start_server(weights: str, folder: Path, *args: str, token: str | None = None, timeout: float = 90,
-                 env: dict[str, str] | None = None) -> Server:
-    """`dossr serve --port 0 ARGS` (the kernel picks a free port), once it says it is serving."""
+                 env: dict[str, str] | None = None, wait: bool = True) -> Server:
+    """`dossr serve --port 0 ARGS` (the kernel picks a free port), once it says it is serving (at once with
+    wait=False: then call wait_until_serving, so that several servers load their models side by side)."""
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / f"server-{time.monotonic_ns()}.log"
     env = {**{k: v for k, v in os.environ.items() if k not in ("DOSSR_TOKEN", "DOSSR_SERVER", "DOSSR_WEIGHTS")},
            **(env or {})}
-    env.update(PYTHONPATH=os.pathsep.join(sys.path), PYTHONUNBUFFERED="1", DOSSR_CACHE_DIR=str(folder / "cache"))
+    env.update(PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]), PYTHONUNBUFFERED="1",
+               DOSSR_CACHE_DIR=str(folder / "cache"))
     if token is not None:
         env["DOSSR_TOKEN"] = token
     with open(log, "wb") as sink:
         process = subprocess.Popen([sys.executable, "-m", "dossr_cli", "serve", "--weights", weights, "--port", "0",
                                     *args], stdout=subprocess.DEVNULL, stderr=sink, env=env,
                                    start_new_session=True)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    server = Server("", process, log, weights, token, headers)
+    return wait_until_serving(server, timeout) if wait else server
+
+
+def wait_until_serving(server: Server, timeout: float = 90) -> Server:
+    """Until the server's ready line (printed once its port is bound) gives its address."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = READY.search(log.read_text())
+        found = READY.search(server.log.read_text())
         if found:
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
-            return Server(found.group(1), process, log, weights, token, headers)
-        if process.poll() is not None:
-            raise AssertionError(f"dossr serve exited {process.returncode}: {log.read_text()}")
+            server.url = found.group(1).replace("//0.0.0.0:", "//127.0.0.1:")
+            return server
+        if server.process.poll() is not None:
+            raise AssertionError(f"dossr serve exited {server.process.returncode}: {server.log.read_text()}")
         time.sleep(0.1)
-    stop_server(process)
-    raise AssertionError(f"dossr serve did not start in {timeout} s: {log.read_text()}")
+    stop_server(server.process)
+    raise AssertionError(f"dossr serve did not start in {timeout} s: {server.log.read_text()}")
 
 
 def stop_server(process: subprocess.Popen, timeout: float = 60) -> int:
@@ -95,7 +113,7 @@ def sse_events(response: requests.Response) -> list[tuple[int, str, dict]]:
             continue
         else:
             key, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
+            value = value.removeprefix(" ")
             if key == "id":
                 number = int(value)
             elif key == "event":

@@ -12,10 +12,9 @@ import cv2
 import numpy as np
 import pytest
 import requests
-from PIL import Image, ImageCms
-
 from cli.helpers import run_in_process
 from conftest import smooth_image
+from PIL import Image, ImageCms
 
 from .serving import Server, sse_events, start_server, stop_server
 
@@ -237,11 +236,11 @@ def test_a_full_queue_answers_429_and_a_timed_out_request_504(service_weights: s
 def test_a_token_is_required_off_loopback(service_weights: str, tmp_path: Path):
     refused = run_in_process(["serve", "--weights", service_weights, "--host", "0.0.0.0"])
     assert refused.code == 2 and refused.error_lines == [
-        "dossr: error: --host 0.0.0.0 listens beyond this machine: give a --token (or set DOSSR_TOKEN), which every "
-        "request must then send"]
+        ("dossr: error: --host 0.0.0.0 listens beyond this machine: give a --token (or set DOSSR_TOKEN), which every "
+         "request must then send")]
     server = start_server(service_weights, tmp_path, "--host", "0.0.0.0", token="s3cret")
     try:
-        url = server.url.replace("0.0.0.0", "127.0.0.1")
+        url = server.url
         assert "needs a token" in one_line_error(requests.get(url + "v1/health", timeout=10), 401)
         wrong = requests.get(url + "v1/model", headers={"Authorization": "Bearer nope"}, timeout=10)
         assert "wrong token" in one_line_error(wrong, 401) and wrong.headers["www-authenticate"] == "Bearer"

@@ -14,7 +14,7 @@ from PIL import Image
 
 from .browser import (
     CHROMIUM,
-    PageServer,
+    Server,
     launch_chromium,
     pick_and_upscale,
     png_bytes,
@@ -49,7 +49,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def servers(weights: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PageServer, PageServer]]:
+def servers(weights: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
     """Two real servers, loaded side by side: an open one and one that wants a token."""
     folder = tmp_path_factory.mktemp("page-servers")
     running = [start_server(weights, folder / "open", wait=False),
@@ -62,12 +62,12 @@ def servers(weights: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture(scope="module")
-def server(servers: tuple[PageServer, PageServer]) -> PageServer:
+def server(servers: tuple[Server, Server]) -> Server:
     return servers[0]
 
 
 @pytest.fixture(scope="module")
-def guarded(servers: tuple[PageServer, PageServer]) -> PageServer:
+def guarded(servers: tuple[Server, Server]) -> Server:
     return servers[1]
 
 
@@ -91,14 +91,14 @@ def page(browser: Browser) -> Iterator[Page]:
     assert errors == [], f"the page's script failed: {errors}"
 
 
-def job_result(server: PageServer, card) -> bytes:
+def job_result(server: Server, card) -> bytes:
     job_id = card.get_attribute("data-job-id")
     response = requests.get(f"{server.url}v1/jobs/{job_id}/result", headers=server.headers, timeout=30)
     assert response.status_code == 200, response.text
     return response.content
 
 
-def test_upscale_compare_and_download(server: PageServer, page: Page) -> None:
+def test_upscale_compare_and_download(server: Server, page: Page) -> None:
     page.goto(server.url)
     expect(page.get_by_test_id("model-line")).to_have_text("dossr 0.1.0.dev0 · cpu · fp32 · weights tiny "
                                                            f"({requests.get(server.url + 'v1/model').json()['weights']})")
@@ -167,7 +167,7 @@ def test_upscale_compare_and_download(server: PageServer, page: Page) -> None:
         assert Image.open(io.BytesIO(archive.read("tall_x4.png"))).size == (48, 80)
 
 
-def test_an_undecodable_file_shows_the_servers_error(server: PageServer, page: Page) -> None:
+def test_an_undecodable_file_shows_the_servers_error(server: Server, page: Page) -> None:
     junk = b"this is not an image, whatever its name says\n"
     expected = requests.post(server.url + "v1/jobs", files={"image": ("broken.png", junk)}, timeout=30)
     assert expected.status_code == 400
@@ -183,7 +183,7 @@ def test_an_undecodable_file_shows_the_servers_error(server: PageServer, page: P
     expect(page.get_by_test_id("download-all")).to_be_hidden()
 
 
-def test_the_token_prompt_on_a_phone(guarded: PageServer, browser: Browser) -> None:
+def test_the_token_prompt_on_a_phone(guarded: Server, browser: Browser) -> None:
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
                                   has_touch=True)
     try:
@@ -221,7 +221,7 @@ def test_the_token_prompt_on_a_phone(guarded: PageServer, browser: Browser) -> N
         context.close()
 
 
-def test_cancel_a_running_job(server: PageServer, page: Page) -> None:
+def test_cancel_a_running_job(server: Server, page: Page) -> None:
     page.goto(server.url)
     pick_and_upscale(page, [("slow.png", png_bytes(64, 64))], steps=200)  # 20 s here: only a cancel ends it soon
     card = page.get_by_test_id("card")
