@@ -235,6 +235,7 @@ class JobQueue:
             batch = [job for job in batch if job.status == QUEUED]
             for job in batch:
                 job.status, job.batch = RUNNING, len(batch)
+                job.progress["steps"] = job.params.steps
                 self._emit(job, "started", job.as_json())
             return batch
 

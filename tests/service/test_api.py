@@ -297,3 +297,14 @@ def test_a_non_ascii_name_survives_in_content_disposition(server: Server):
     response = server.post("/v1/upscale", png(smooth_image(16, 16)), filename="café.png", steps=1)
     assert response.headers["content-disposition"] == (
         "attachment; filename=\"caf__x4.png\"; filename*=UTF-8''caf%C3%A9_x4.png")
+
+
+def test_progress_counts_tiles_of_a_tiled_image(server: Server):
+    job = server.post("/v1/jobs", png(smooth_image(24, 24)), steps=2, tile_size=64, tile_overlap=32).json()
+    with server.get(f"/v1/jobs/{job['id']}/events", stream=True) as stream:
+        events = sse_events(stream)
+    progress = [data for _, name, data in events if name == "progress"]
+    assert {data["tiles"] for data in progress} == {9}  # a 96x96 x4 image: 3x3 64-pixel tiles, 16 apart
+    assert {data["steps"] for data in progress} == {2}
+    assert [data["tile"] for data in progress if data["step"] == 0] == [3, 6, 9]  # the first step, 3 tiles a call
+    assert events[-1][1] == "done" and events[-1][2]["progress"] == {"step": 2, "steps": 2, "tile": 9, "tiles": 9}
