@@ -11,8 +11,8 @@ import asyncio
 import json
 import secrets
 from pathlib import Path
-from urllib.parse import quote
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -169,7 +169,7 @@ def create_app(queue: JobQueue, limits: Limits, model: dict[str, Any], token: st
             config = queue.pipe.config
             params.check_cost(*decoded.rgb.shape[:2], out_format or decoded.format, config.upscale,
                               config.pixel_multiple)
-            return queue.submit(decoded, params, out_format, filename)
+            return queue.submit(data, decoded, params, out_format, filename)
         except DossrError as failure:
             headers = {"Retry-After": "5"} if isinstance(failure, QueueFullError) else None
             raise HTTPException(status_of(failure), str(failure), headers) from None

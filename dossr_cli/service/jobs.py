@@ -12,12 +12,15 @@ written to disk: a failed or cancelled job leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from dossr_cli import imageio
 from dossr_cli.batch.job import JobResult, run_jobs
@@ -26,6 +29,7 @@ from dossr_cli.errors import DossrError
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
+_NO_PIXELS = np.zeros((0, 0, 3), np.float32)
 GATHER_SECONDS = 0.02  # how long the worker waits for companions of a job that arrived alone
 
 log = logging.getLogger("dossr.service")
@@ -46,7 +50,7 @@ class JobStopped(DossrError):
 @dataclass
 class Job:
     id: str
-    image: imageio.DecodedImage | None  # dropped once run
+    data: bytes | None  # the upload, decoded again when it runs (a waiting job holds its file, not its pixels)
     params: UpscaleParams
     out_format: str | None
     filename: str | None
@@ -66,8 +70,7 @@ class Job:
     @property
     def key(self) -> tuple[Any, ...]:
         """Jobs with the same key may run as one batch."""
-        assert self.image is not None
-        return self.image.rgb.shape[:2], self.params
+        return self.input_size, self.params
 
     def as_json(self) -> dict[str, Any]:
         result = self.result
@@ -103,8 +106,9 @@ class JobQueue:
             statuses = [job.status for job in self.jobs.values()]
         return {"queued": statuses.count(QUEUED), "running": statuses.count(RUNNING)}
 
-    def submit(self, image: imageio.DecodedImage, params: UpscaleParams, out_format: str | None,
+    def submit(self, data: bytes, image: imageio.DecodedImage, params: UpscaleParams, out_format: str | None,
                filename: str | None) -> Job:
+        """`data`, already decoded once into `image` to be checked; only its size is kept."""
         with self._lock:
             self._expire()
             if self.closing:
@@ -112,7 +116,7 @@ class JobQueue:
             waiting = sum(job.status in (QUEUED, RUNNING) for job in self.jobs.values())
             if waiting >= self.max_queue:
                 raise QueueFullError(f"the queue is full ({waiting} jobs waiting or running); try again shortly")
-            job = Job(secrets.token_hex(8), image, params, out_format, filename,
+            job = Job(secrets.token_hex(8), data, params, out_format, filename,
                       deadline=time.monotonic() + self.request_timeout)
             job.input_size = (image.rgb.shape[1], image.rgb.shape[0])
             self.jobs[job.id] = job
@@ -196,7 +200,7 @@ class JobQueue:
                 pass
 
     def _finish(self, job: Job, status: str, error: str | None = None) -> None:
-        job.status, job.error, job.finished, job.image = status, error, time.monotonic(), None
+        job.status, job.error, job.finished, job.data = status, error, time.monotonic(), None
         if status == DONE:
             job.progress["tile"] = job.progress["tiles"]
         else:
@@ -266,7 +270,7 @@ class JobQueue:
         params = batch[0].params
         try:
             results: list[JobResult | DossrError] = run_jobs(
-                self.pipe, [job.image for job in batch], params, [job.out_format for job in batch],  # type: ignore
+                self.pipe, [job.data for job in batch], params, [job.out_format for job in batch],  # type: ignore
                 callback=step, notify=note, tile_callback=tiles)
         except Exception as error:
             log.exception("a batch failed")
@@ -282,8 +286,8 @@ class JobQueue:
                                               "ask the server's operator for a longer --request-timeout")
                 elif isinstance(result, DossrError):
                     self._finish(job, FAILED, str(result))
-                else:
-                    job.result = result
+                else:  # the encoded bytes are kept; the float pixels (for --compare) would be 16 bytes a pixel
+                    job.result = dataclasses.replace(result, lr_rgb=_NO_PIXELS, rgb=_NO_PIXELS)
                     self._finish(job, DONE)
 
     def _progress(self, batch: list[Job], **changes: int) -> None:
