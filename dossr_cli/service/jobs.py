@@ -30,6 +30,7 @@ from dossr_cli.errors import DossrError
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
 _NO_PIXELS = np.zeros((0, 0, 3), np.float32)
+KEPT_PER_SLOT = 4  # finished jobs kept (for their results) per place in the queue
 GATHER_SECONDS = 0.02  # how long the worker waits for companions of a job that arrived alone
 
 log = logging.getLogger("dossr.service")
@@ -208,9 +209,13 @@ class JobQueue:
         self._emit(job, status, job.as_json())
 
     def _expire(self) -> None:
+        """Finished jobs go after `result_ttl`, and the oldest first past KEPT_PER_SLOT x max_queue of them."""
         now = time.monotonic()
-        for job_id in [j.id for j in self.jobs.values() if j.finished is not None and now - j.finished > self.result_ttl]:
-            self.jobs.pop(job_id, None)
+        finished = sorted((j for j in self.jobs.values() if j.finished is not None), key=lambda j: j.finished or 0)
+        extra = len(finished) - KEPT_PER_SLOT * self.max_queue
+        for index, job in enumerate(finished):
+            if index < extra or now - (job.finished or now) > self.result_ttl:
+                self.jobs.pop(job.id, None)
 
     # ------------------------------------------------------------------ the worker
 
