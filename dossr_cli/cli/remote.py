@@ -34,8 +34,8 @@ def refuse_server_choices(given: dict[str, bool]) -> None:
     """A local-only option given with --server would be silently ignored: name it instead."""
     for option in SERVER_CHOICES:
         if given.get(option):
-            raise UsageError(f"{option} is the server's choice, not the client's: drop it, or run without "
-                             "--server (and DOSSR_SERVER) to upscale locally")
+            raise UsageError(f"{option} is the server's choice, not the client's: drop it, or upscale locally "
+                             "without --server (--server '' overrides DOSSR_SERVER)")
 
 
 def connect(url: str, token: str | None) -> Client:
@@ -83,10 +83,11 @@ def run_remote(client: Client, source: Path | bytes, params: UpscaleParams, out_
 
     try:
         result = client.upscale(data, name, on_progress=progress, on_note=notify, **options)
-    except ServerError as error:  # the server quotes an upload's name; a local run calls stdin plain "stdin"
-        message = str(error)
-        if name == STDIN_NAME and message.startswith(f"'{STDIN_NAME}': "):
-            raise ServerError(error.status, f"{STDIN_NAME}: {message[len(STDIN_NAME) + 4:]}") from None
+    except ServerError as error:  # the server names the upload; a local run names the path, or plain "stdin"
+        message, sent = str(error), f"'{name}': "
+        if message.startswith(sent):
+            here = STDIN_NAME if isinstance(source, bytes) else f"'{source}'"
+            raise ServerError(error.status, f"{here}: {message[len(sent):]}") from None
         raise
     return RemoteResult(result.data, result.format, result.input_size, result.output_size, result.seed,
                         result.seconds, result.notes, data)
