@@ -29,7 +29,7 @@ from dossr_cli.random_weights import random_networks
 
 pytest.importorskip("fastapi", reason="dossr serve's extra is not installed: pip install 'dossr[serve]'")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from serve_load import ServerProcess, start_server, stop_server  # noqa: E402 - benchmarks/ is not a package
+from serve_load import ServerProcess, start_server, stop_server
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 MAKE = 0x010F
@@ -139,8 +139,8 @@ def test_no_server_listening_is_one_line_and_exit_1(tmp_path):
     url = f"http://127.0.0.1:{free_port()}"
     result = remote(url, source)
     assert result.code == 1
-    assert result.stderr.strip().splitlines() == [f"dossr: error: cannot reach the dossr server at {url}/: start it "
-                                                  "with `dossr serve` or check --server"]
+    assert result.stderr.strip().splitlines() == [(f"dossr: error: cannot reach the dossr server at {url}/: start it "
+                                                  "with `dossr serve` or check --server")]
     assert not (tmp_path / "in_x4.png").exists()
 
 
@@ -158,19 +158,19 @@ def test_local_checks_come_first_with_a_server(tmp_path):
                    ("--max-memory", "1GB"), ("--download",), ("--max-pixels", "100")):
         usage = remote(dead, source, "--overwrite", *option)
         assert usage.code == 2, option
-        assert usage.error_lines == [f"dossr: error: {option[0]} is the server's choice, not the client's: drop it, "
-                                     "or upscale locally without --server (--server '' overrides DOSSR_SERVER)"]
+        assert usage.error_lines == [(f"dossr: error: {option[0]} is the server's choice, not the client's: drop it, "
+                                     "or upscale locally without --server (--server '' overrides DOSSR_SERVER)")]
 
 
 def test_a_server_with_a_token_wants_it(token_server, weights, tmp_path, monkeypatch):
     source = save(smooth_image(16, 16), tmp_path / "in.png")
     missing = remote(token_server.url, source, "--steps", "1")
     assert missing.code == 1
-    assert missing.stderr.strip().splitlines() == ["dossr: error: the server wants a token: pass --token or set "
-                                                   "DOSSR_TOKEN"]
+    assert missing.stderr.strip().splitlines() == [("dossr: error: the server wants a token: pass --token or set "
+                                                   "DOSSR_TOKEN")]
     wrong = remote(token_server.url, source, "--steps", "1", "--token", "nope")
-    assert wrong.code == 1 and wrong.error_lines == ["dossr: error: the server refused the token: check --token "
-                                                     "or DOSSR_TOKEN"]
+    assert wrong.code == 1 and wrong.error_lines == [("dossr: error: the server refused the token: check --token "
+                                                     "or DOSSR_TOKEN")]
     assert not (tmp_path / "in_x4.png").exists()
     assert remote(token_server.url, source, "--steps", "1", "--token", TOKEN).code == 0
     monkeypatch.setenv("DOSSR_TOKEN", TOKEN)
