@@ -23,6 +23,7 @@ from dossr_cli.errors import DossrError, UsageError
 
 LOOPBACK_NAMES = ("localhost",)
 TOKEN_ENV = "DOSSR_TOKEN"
+STEP_ALLOWANCE = 30  # seconds past the grace for the stopped batch's last step, before connections are cut
 CPU_BATCH, GPU_BATCH = 1, 4  # --batch-size auto: as the local batch engine (a CPU gains nothing from batches)
 
 
@@ -134,7 +135,7 @@ def run_server(pipe: Any, limits: Any, model: dict[str, Any], token: str | None,
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             """uvicorn's, less re-raising the signal afterwards: the queue drains, then the process exits 0."""
-            queue.begin_shutdown()
+            queue.begin_shutdown(shutdown_grace)
             if self.should_exit and sig == signal.SIGINT:
                 self.force_exit = True  # a second Ctrl-C: stop waiting for connections
             self.should_exit = True
@@ -150,7 +151,7 @@ def run_server(pipe: Any, limits: Any, model: dict[str, Any], token: str | None,
 
     logging.getLogger("dossr.service").addHandler(logging.StreamHandler())
     config = uvicorn.Config(app, host=host.strip("[]"), port=port, log_level="info" if debug else "warning",
-                            access_log=debug, timeout_graceful_shutdown=int(shutdown_grace) + 1,
+                            access_log=debug, timeout_graceful_shutdown=int(shutdown_grace) + STEP_ALLOWANCE,
                             lifespan="off")
     Server(config).run()
     queue.shutdown(shutdown_grace)

@@ -11,6 +11,7 @@ import asyncio
 import json
 import secrets
 from pathlib import Path
+from urllib.parse import quote
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
@@ -110,7 +111,8 @@ def result_headers(job: Job) -> dict[str, str]:
     stem = Path(job.filename or "image").stem or "image"
     name = f"{stem}{job.params.name_suffix()}{imageio.extension(result.format)}"
     safe = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)
-    return {"Content-Disposition": f'attachment; filename="{safe}"', "X-Dossr-Job": job.id,
+    disposition = f'attachment; filename="{safe}"' + (f"; filename*=UTF-8''{quote(name)}" if safe != name else "")
+    return {"Content-Disposition": disposition, "X-Dossr-Job": job.id,
             "X-Dossr-Seed": str(result.seed), "X-Dossr-Size": f"{result.output_size[0]}x{result.output_size[1]}",
             "X-Dossr-Seconds": f"{result.seconds:.3f}", "X-Dossr-Notes": json.dumps(list(result.notes)),
             "Access-Control-Expose-Headers": "Content-Disposition, X-Dossr-Job, X-Dossr-Seed, X-Dossr-Size, "

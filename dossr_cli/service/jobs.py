@@ -61,6 +61,7 @@ class Job:
     events: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     input_size: tuple[int, int] | None = None
     timed_out: bool = False
+    batch: int = 0  # images that ran together with this one in the model (itself included)
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -76,7 +77,7 @@ class Job:
             "output_size": list(result.output_size) if result else None,
             "format": result.format if result else None, "seed": result.seed if result else None,
             "seconds": round(result.seconds, 3) if result else None, "notes": list(result.notes) if result else [],
-            "error": self.error, "created": self.created,
+            "error": self.error, "created": self.created, "batch": self.batch,
             "result": f"/v1/jobs/{self.id}/result" if self.status == DONE and result is not None else None,
         }
 
@@ -159,9 +160,14 @@ class JobQueue:
             if not watchers:
                 self._watchers.pop(job.id, None)
 
-    def begin_shutdown(self) -> None:
-        """No new jobs; the queued ones are cancelled; the running batch goes on to its end."""
+    def begin_shutdown(self, grace: float | None = None) -> None:
+        """No new jobs; the queued ones are cancelled; the running batch goes on to its end, or for `grace`
+        seconds and then stops at its next step (so that open streams end before the server closes them)."""
         with self._lock:
+            if not self.closing and grace is not None:
+                timer = threading.Timer(grace, self._stop_running)
+                timer.daemon = True
+                timer.start()
             self.closing = True
             for job in list(self.jobs.values()):
                 if job.status == QUEUED:
@@ -169,14 +175,15 @@ class JobQueue:
             self._lock.notify_all()
 
     def shutdown(self, grace: float) -> None:
-        """After `grace` seconds the running batch is stopped at its next step; then the worker ends."""
-        self.begin_shutdown()
-        self._worker.join(grace)
+        """Waits for the worker: the running batch ends within `grace` seconds and its next step."""
+        self.begin_shutdown(grace)
+        self._worker.join()
+
+    def _stop_running(self) -> None:
         with self._lock:
             for job in self.jobs.values():
                 if job.status == RUNNING:
                     job.cancel_requested = True
-        self._worker.join()
 
     # ------------------------------------------------------------------ bookkeeping (under the lock)
 
@@ -227,7 +234,7 @@ class JobQueue:
                     self._finish(job, FAILED, "timed out waiting in the queue; try again when the server is less busy")
             batch = [job for job in batch if job.status == QUEUED]
             for job in batch:
-                job.status = RUNNING
+                job.status, job.batch = RUNNING, len(batch)
                 self._emit(job, "started", job.as_json())
             return batch
 
