@@ -10,7 +10,6 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,14 +21,10 @@ import requests
 from cli.helpers import decode, dossr_command, run_in_process, save, smooth_image, subprocess_env
 from PIL import Image, ImageCms
 
-from dossr_cli.checkpoint.bundle import save_bundle
 from dossr_cli.client import Client, ServerError, parse_sse
 from dossr_cli.errors import UsageError
-from dossr_cli.random_weights import random_networks
 
-pytest.importorskip("fastapi", reason="dossr serve's extra is not installed: pip install 'dossr[serve]'")
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from serve_load import ServerProcess, start_server, stop_server
+from .serving import Server, start_server, stop_server
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 MAKE = 0x010F
@@ -37,19 +32,13 @@ TOKEN = "s3cret-token"
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(save_bundle(random_networks(seed=0), tmp_path_factory.mktemp("client-weights") / "tiny"))
+def weights(service_weights: str) -> str:
+    """The server's bundle, for the local runs to compare with."""
+    return service_weights
 
 
 @pytest.fixture(scope="module")
-def server(weights: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    running = start_server(weights, tmp_path_factory.mktemp("client-server"))
-    yield running
-    stop_server(running.process)
-
-
-@pytest.fixture(scope="module")
-def token_server(weights: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def token_server(weights: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = start_server(weights, tmp_path_factory.mktemp("token-server"), token=TOKEN)
     yield running
     stop_server(running.process)

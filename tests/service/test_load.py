@@ -11,23 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from dossr_cli.checkpoint.bundle import save_bundle
-from dossr_cli.random_weights import random_networks
-
-pytest.importorskip("fastapi", reason="dossr serve's extra is not installed: pip install 'dossr[serve]'")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from serve_load import require_loopback, rss_bytes, run_load, sample_png, start_server, stop_server
+from serve_load import require_loopback, rss_bytes, run_load, sample_png  # benchmarks/ is not a package
 
 
-def test_forty_requests_from_eight_clients_are_all_answered(tmp_path):
-    weights = save_bundle(random_networks(seed=0), tmp_path / "tiny")
-    server = start_server(weights, tmp_path / "server")
-    try:
-        before = rss_bytes(server.process.pid)
-        load = run_load(server.url, 40, 8, sample_png(16), {"steps": "1"})
-        health = server_health(server.url)
-    finally:
-        stop_server(server.process)
+def test_forty_requests_from_eight_clients_are_all_answered(server):
+    before = rss_bytes(server.process.pid)
+    load = run_load(server.url, 40, 8, sample_png(16), {"steps": "1"})
+    health = server_health(server.url)
     assert load["errors"] == [] and load["answered"] == 40
     assert load["server_errors"] == 0 and all(int(code) < 500 for code in load["statuses"])
     assert load["lost"] == 0 and load["terminal"] == {"done": load["accepted"]} and load["accepted"] == 40
