@@ -35,8 +35,8 @@ class ServerError(DossrError):
         self.status = status
 
 
-class ServerUnreachable(DossrError):
-    """No answer at all (refused, timed out, name unknown): nothing about any one image."""
+class ServerUnavailable(DossrError):
+    """The server cannot be used at all (no answer, or it wants a token): nothing about any one image."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class Client:
             reconnects += 1
             if reconnects > RECONNECTS:
                 reason = f" ({_one_line(broken)})" if broken else ""
-                raise ServerUnreachable(f"the dossr server at {self.url} keeps closing job {job_id}'s event "
+                raise ServerUnavailable(f"the dossr server at {self.url} keeps closing job {job_id}'s event "
                                         f"stream before it ends{reason}; check the server's log")
 
     def result(self, job_id: str) -> bytes:
@@ -152,7 +152,7 @@ class Client:
                 on_note(data["message"])
             elif name in TERMINAL_EVENTS:
                 return data
-        raise ServerUnreachable(f"job {job_id}'s events ended without its end; check the server's log")
+        raise ServerUnavailable(f"job {job_id}'s events ended without its end; check the server's log")
 
     def _cancel_quietly(self, job_id: str) -> None:
         """Best effort: a server that went away has nothing left to cancel."""
@@ -166,13 +166,13 @@ class Client:
             response = self.session.request(method, self.url + path,
                                             timeout=(CONNECT_TIMEOUT, timeout or self.timeout), **kwargs)
         except requests.exceptions.ConnectTimeout:
-            raise ServerUnreachable(f"the dossr server at {self.url} did not accept a connection within "
+            raise ServerUnavailable(f"the dossr server at {self.url} did not accept a connection within "
                                     f"{CONNECT_TIMEOUT:g} s: check that it is running and --server is right") from None
         except requests.exceptions.ReadTimeout:
-            raise ServerUnreachable(f"the dossr server at {self.url} did not answer within "
+            raise ServerUnavailable(f"the dossr server at {self.url} did not answer within "
                                     f"{timeout or self.timeout:g} s; check its log, or try again") from None
         except requests.ConnectionError:
-            raise ServerUnreachable(f"cannot reach the dossr server at {self.url}: start it with `dossr serve` "
+            raise ServerUnavailable(f"cannot reach the dossr server at {self.url}: start it with `dossr serve` "
                                     "or check --server") from None
         if response.status_code < 400:
             return response
@@ -181,7 +181,7 @@ class Client:
         finally:
             response.close()
         if response.status_code == 401:
-            raise ServerUnreachable("the server wants a token: pass --token or set DOSSR_TOKEN" if not self.token
+            raise ServerUnavailable("the server wants a token: pass --token or set DOSSR_TOKEN" if not self.token
                                     else "the server refused the token: check --token or DOSSR_TOKEN")
         raise ServerError(response.status_code, message)
 
@@ -253,4 +253,4 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-__all__ = ["Client", "Result", "ServerError", "ServerUnreachable", "parse_sse"]
+__all__ = ["Client", "Result", "ServerError", "ServerUnavailable", "parse_sse"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dossr_cli import imageio
-from dossr_cli.client import Client, ServerError, ServerUnreachable
+from dossr_cli.client import Client, ServerError, ServerUnavailable
 from dossr_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -115,4 +115,4 @@ def content_format(data: bytes) -> str | None:
         return None
 
 
-__all__ = ["SERVER_CHOICES", "STDIN_NAME", "RemoteResult", "ServerUnreachable", "connect", "content_format", "refuse_server_choices", "run_remote"]
+__all__ = ["SERVER_CHOICES", "STDIN_NAME", "RemoteResult", "ServerUnavailable", "connect", "content_format", "refuse_server_choices", "run_remote"]

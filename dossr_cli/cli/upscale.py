@@ -144,7 +144,7 @@ def upscale(
                 if side is not None:
                     _write_compare(side, result, overwrite)
             except DossrError as error:
-                if server and isinstance(error, remote.ServerUnreachable):
+                if server and isinstance(error, remote.ServerUnavailable):
                     raise  # the server is gone or refuses us: every other image would fail the same way
                 failures += 1
                 bars.done_image()
