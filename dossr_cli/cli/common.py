@@ -58,6 +58,12 @@ Compare = Annotated[Path | None, typer.Option("--compare", help="Also write a si
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the networks, block by block: the first "
                                        "image of each size waits for the compiler, the rest run faster; the "
                                        "compiled code is kept on disk for the next run.")]
+Server = Annotated[str | None, typer.Option("--server", envvar="DOSSR_SERVER", show_envvar=True,
+                                            help="A running `dossr serve` to do the work, e.g. http://127.0.0.1:8000 "
+                                            "(no model is loaded here).", show_default=False)]
+Token = Annotated[str | None, typer.Option("--token", envvar="DOSSR_TOKEN", show_envvar=True,
+                                           help="With --server: the server's token, if it has one.",
+                                           show_default=False)]
 MemoryFormat = Annotated[str, typer.Option("--memory-format", help="The networks' layout: auto (contiguous "
                                            "until a device has measured both), contiguous or channels-last.")]
 

@@ -67,6 +67,8 @@ def upscale(
     compare: common.Compare = None,
     compile: common.Compile = False,
     json_output: common.Json = False,
+    server: common.Server = None,
+    token: common.Token = None,
     quiet: common.Quiet = False,
     debug: common.Debug = False,
 ) -> None:
@@ -76,6 +78,13 @@ def upscale(
     """
     params = common.make_params(scale, width, height, steps, order, t1, seed, color_fix, format, quality,
                                 metadata, max_pixels, tile_size, tile_overlap, max_memory, max_output_pixels)
+    if server:
+        from dossr_cli.cli import remote  # requests only: no torch, no model
+
+        remote.refuse_server_choices({"--weights": weights is not None, "--download": download,
+                                      "--device": device != "auto", "--dtype": dtype != "auto", "--compile": compile,
+                                      "--max-memory": max_memory is not None, "--max-pixels": max_pixels is not None,
+                                      "--max-output-pixels": max_output_pixels is not None})
     common.check_device_dtype(device, dtype)
     many = len(inputs) > 1
     if output == STDIO and many:
@@ -107,17 +116,24 @@ def upscale(
     if not pending:
         sys.exit(1)
 
-    from dossr_cli.batch.job import run_job  # torch: only once every option has been checked
+    if server:
+        client = remote.connect(server, token)  # one line, before any input is read, if it cannot be used
+    else:
+        from dossr_cli.batch.job import run_job  # torch: only once every option has been checked
 
-    pipe = common.load_pipeline(common.find_weights(weights, download, quiet), device, dtype, compile)
+        pipe = common.load_pipeline(common.find_weights(weights, download, quiet), device, dtype, compile)
     with progress_bars(len(pending), params.steps, quiet) as bars:
         for source, dest, side in pending:
             bars.start_image(source)
             try:
                 data = sys.stdin.buffer.read() if source == STDIO else Path(source)
                 out_format = params.format or (imageio.format_from_name(dest) if dest != STDIO else None)
-                result = run_job(pipe, data, params, out_format, callback=bars.step, tile_callback=bars.tiles,
-                                 notify=lambda message, source=source: say(f"dossr: note: {source}: {message}", quiet))
+                notify = lambda message, source=source: say(f"dossr: note: {source}: {message}", quiet)
+                if server:
+                    result = remote.run_remote(client, data, params, out_format, bars, notify)
+                else:
+                    result = run_job(pipe, data, params, out_format, callback=bars.step, tile_callback=bars.tiles,
+                                     notify=notify)
                 for note in result.notes:
                     say(f"dossr: note: {source}: {note}", quiet)
                 if dest == STDIO:
@@ -128,6 +144,8 @@ def upscale(
                 if side is not None:
                     _write_compare(side, result, overwrite)
             except DossrError as error:
+                if server and isinstance(error, remote.ServerUnavailable):
+                    raise  # the server is gone or refuses us: every other image would fail the same way
                 failures += 1
                 bars.done_image()
                 if debug:
