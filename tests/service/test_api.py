@@ -289,7 +289,7 @@ def test_sigterm_finishes_the_running_job_and_cancels_the_queued(service_weights
         stopped.process.terminate()
         events = sse_events(stream)
     assert stopped.process.wait(60) == 0
-    assert events[-1][1] == "cancelled" and events[-1][2]["progress"]["step"] < 10
+    assert events[-1][1] == "cancelled" and events[-1][2]["progress"]["step"] < 200  # stopped, not finished
     assert "Traceback" not in stopped.stderr()
 
 

@@ -27,7 +27,7 @@ def run_one(queue: JobQueue, data: bytes):
 
 
 def test_finished_results_are_kept_up_to_a_count_and_a_time(tiny_pipeline):
-    queue = JobQueue(tiny_pipeline, batch_size=1, max_queue=1, request_timeout=60, result_ttl=0.5)
+    queue = JobQueue(tiny_pipeline, batch_size=1, max_queue=1, request_timeout=60, result_ttl=600)
     try:
         jobs = [run_one(queue, png(8, 8)) for _ in range(KEPT_PER_SLOT + 2)]
         assert all(job.status == DONE for job in jobs)
@@ -35,7 +35,8 @@ def test_finished_results_are_kept_up_to_a_count_and_a_time(tiny_pipeline):
         kept = queue.get(jobs[-1].id)
         assert kept is not None and kept.result is not None and kept.result.rgb.size == 0  # bytes only
         assert Image.open(io.BytesIO(kept.result.data)).size == (32, 32) and kept.data is None
-        time.sleep(0.6)
+        queue.result_ttl = 0.1
+        time.sleep(0.2)
         assert queue.get(jobs[-1].id) is None  # past result_ttl
     finally:
         queue.shutdown(grace=5)
