@@ -108,11 +108,12 @@ def content_format(data: bytes) -> str | None:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=["PNG", "JPEG", "WEBP", "TIFF", "BMP"]) as image:  # our readers only
             return imageio.format_from_name(f"x.{(image.format or '').lower()}") or (
                 "jpg" if image.format == "MPO" else None)
     except Exception:  # noqa: BLE001 - any failure to parse: the server says what is wrong
         return None
 
 
-__all__ = ["SERVER_CHOICES", "STDIN_NAME", "RemoteResult", "ServerUnavailable", "connect", "content_format", "refuse_server_choices", "run_remote"]
+__all__ = ["SERVER_CHOICES", "STDIN_NAME", "RemoteResult", "ServerUnavailable", "connect", "content_format",
+           "refuse_server_choices", "run_remote"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 import time
 
+from conftest import smooth_image
 from PIL import Image
 
-from conftest import smooth_image
 from dossr_cli import imageio
 from dossr_cli.batch.params import UpscaleParams
 from dossr_cli.service.jobs import DONE, FINISHED, KEPT_PER_SLOT, JobQueue
