@@ -111,8 +111,24 @@ def serve(
     auto_batch = CPU_BATCH if pipe.device.type in ("cpu", "mps") else GPU_BATCH
     model = {"version": __version__, "weights": common.weights_identity(bundle), "name": bundle.name,
              "device": str(pipe.device), "dtype": _dtype_name(pipe.dtype), "upscale": pipe.config.upscale}
+    warm_up(pipe)
     run_server(pipe, limits, model, token, host, port, batch_size or auto_batch, result_ttl, shutdown_grace, quiet,
                debug)
+
+
+def warm_up(pipe: Any) -> None:
+    """One small image through the whole job before the port opens: the first request then pays no one-off
+    set-up (the CPU's kernel choices, CUDA's context and handles), and a model that cannot run fails here."""
+    import numpy as np
+
+    from dossr_cli import imageio
+    from dossr_cli.batch.job import run_jobs
+    from dossr_cli.batch.params import UpscaleParams
+
+    sample = imageio.encode_image(np.full((16, 16, 3), 0.5, np.float32), None, "png", metadata="none")
+    (result,) = run_jobs(pipe, [sample], UpscaleParams(steps=1), [None])
+    if isinstance(result, DossrError):
+        raise result
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -147,7 +163,7 @@ def run_server(pipe: Any, limits: Any, model: dict[str, Any], token: str | None,
                 shown = f"[{host}]" if ":" in host else host
                 say(f"dossr: serving on http://{shown}:{bound}/ ({model['name']}, {model['device']} "
                     f"{model['dtype']}, batches of {batch_size}{', token required' if token else ''}); "
-                    "Ctrl-C stops", quiet)
+                    "Ctrl-C stops")  # even with --quiet: the one line that says where it listens
 
     logging.getLogger("dossr.service").addHandler(logging.StreamHandler())
     config = uvicorn.Config(app, host=host.strip("[]"), port=port, log_level="info" if debug else "warning",
