@@ -14,81 +14,26 @@ a warm-up and after the run, to show whether memory stays flat.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
-import os
-import re
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
-READY = re.compile(r"serving on (http://[^ ]+/)")
+sys.path.insert(0, str(REPO))
+from dossr_cli.cli.serve import is_loopback
+from tests.service.serving import start_server, stop_server, tiny_weights
+
 TERMINAL = ("done", "failed", "cancelled")
-
-
-@dataclass
-class ServerProcess:
-    url: str  # ends with /
-    process: subprocess.Popen
-    log: Path
-
-
-def start_server(weights: str | Path, folder: Path, *args: str, token: str | None = None,
-                 timeout: float = 120) -> ServerProcess:
-    """`dossr serve --port 0 ARGS` on 127.0.0.1 (the kernel picks the port), once it says it is serving."""
-    folder.mkdir(parents=True, exist_ok=True)
-    log = folder / f"server-{time.monotonic_ns()}.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("DOSSR_TOKEN", "DOSSR_SERVER", "DOSSR_WEIGHTS")}
-    env.update(PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
-               PYTHONUNBUFFERED="1", DOSSR_CACHE_DIR=str(folder / "cache"))
-    if token is not None:
-        env["DOSSR_TOKEN"] = token
-    with open(log, "wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "dossr_cli", "serve", "--weights", str(weights),
-                                    "--host", "127.0.0.1", "--port", "0", *args],
-                                   stdout=subprocess.DEVNULL, stderr=sink, env=env, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = READY.search(log.read_text())
-        if found:
-            return ServerProcess(found.group(1), process, log)
-        if process.poll() is not None:
-            raise RuntimeError(f"dossr serve exited {process.returncode}: {log.read_text()}")
-        time.sleep(0.1)
-    stop_server(process)
-    raise RuntimeError(f"dossr serve did not start in {timeout} s: {log.read_text()}")
-
-
-def stop_server(process: subprocess.Popen, timeout: float = 60) -> int | None:
-    """SIGTERM, as a service manager stops it; SIGKILL to its group if it hangs."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    return process.returncode
-
-
-def tiny_bundle(folder: Path) -> Path:
-    from dossr_cli.checkpoint.bundle import save_bundle
-    from dossr_cli.random_weights import random_networks
-
-    return save_bundle(random_networks(seed=0), folder / "tiny")
 
 
 def sample_png(side: int) -> bytes:
@@ -107,12 +52,7 @@ def sample_png(side: int) -> bytes:
 
 def require_loopback(url: str) -> None:
     """The load test never leaves this machine."""
-    host = urlsplit(url).hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback(urlsplit(url).hostname or ""):
         raise SystemExit(f"serve_load.py only loads a server on this machine (127.0.0.1, ::1, localhost); got {url}")
 
 
@@ -217,7 +157,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="dossr-load-"))
     server = None
     if args.url is None:
-        server = start_server(tiny_bundle(workdir), workdir)  # not --quiet: its ready line gives the port
+        server = start_server(tiny_weights(workdir), workdir)  # not --quiet: its ready line gives the port
         url, pid = server.url, server.process.pid
     else:
         require_loopback(args.url)

@@ -25,6 +25,16 @@ MAX_PADDING_FACTOR = 4
 PADDING_FLOOR = 1_000_000
 
 
+def parse_tile_size(text: str, option: str = "--tile-size") -> int | str:
+    """'auto' or a whole number of pixels (checked further by `validate`)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"{option} must be auto, 0 (no tiling) or a multiple of 64 pixels; got {text!r}") from None
+
+
 class JobTooLargeError(DossrError):
     """An image whose output, or the work to make it, is past a limit: refused before any network runs."""
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dossr_cli import imageio
-from dossr_cli.batch.params import DEFAULT_SEED, UpscaleParams
+from dossr_cli.batch.params import DEFAULT_SEED, UpscaleParams, parse_tile_size
 from dossr_cli.choices import DTYPE_NAMES, MEMORY_FORMATS
 from dossr_cli.cli.console import confirm, say
 from dossr_cli.errors import UsageError
@@ -79,15 +79,6 @@ def make_params(scale: float, width: int | None, height: int | None, steps: int,
                          max_pixels if max_pixels is not None else DEFAULTS.max_pixels,
                          parse_tile_size(tile_size), tile_overlap, parse_memory(max_memory),
                          max_output_pixels if max_output_pixels is not None else DEFAULTS.max_output_pixels).validate()
-
-
-def parse_tile_size(text: str) -> int | str:
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        return int(text)
-    except ValueError:
-        raise UsageError(f"--tile-size must be auto, 0 (no tiling) or a multiple of 64 pixels; got {text!r}") from None
 
 
 def parse_memory(text: str | None, option: str = "--max-memory") -> int | None:

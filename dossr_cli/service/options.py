@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import Form
 
 from dossr_cli import imageio
-from dossr_cli.batch.params import UpscaleParams
+from dossr_cli.batch.params import UpscaleParams, parse_tile_size
 from dossr_cli.errors import UsageError
 
 DEFAULTS = UpscaleParams()
@@ -37,15 +37,6 @@ def field_message(message: str) -> str:
     return _OPTION.sub(lambda match: match.group(1).replace("-", "_"), message)
 
 
-def parse_tile_size(text: str) -> int | str:
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        return int(text)
-    except ValueError:
-        raise UsageError(f"tile_size must be auto, 0 (no tiling) or a multiple of 64 pixels; got {text!r}") from None
-
-
 def make_params(limits: Limits, scale: float, width: int | None, height: int | None, steps: int, order: int,
                 t1: int, seed: int, color_fix: str, format: str | None, quality: int | None, metadata: str,
                 tile_size: str, tile_overlap: int | None) -> UpscaleParams:
@@ -53,7 +44,7 @@ def make_params(limits: Limits, scale: float, width: int | None, height: int | N
     fmt = (imageio.format_from_name(f"x.{format}") or format.lower()) if format else None  # jpeg -> jpg
     try:
         return UpscaleParams(scale, width, height, steps, order, t1, seed, color_fix, fmt, quality, metadata,
-                             limits.max_pixels, parse_tile_size(tile_size), tile_overlap, None,
+                             limits.max_pixels, parse_tile_size(tile_size, "tile_size"), tile_overlap, None,
                              limits.max_output_pixels).validate()
     except UsageError as error:
         raise UsageError(field_message(str(error))) from None
@@ -86,4 +77,4 @@ def defaults() -> dict[str, object]:
             "tile_overlap": None}
 
 
-__all__ = ["Limits", "defaults", "field_message", "make_params", "parse_tile_size"]
+__all__ = ["Limits", "defaults", "field_message", "make_params"]
