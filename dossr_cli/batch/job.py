@@ -99,16 +99,14 @@ def run_job(pipe: DoSSRPipeline, source: Path | bytes, params: UpscaleParams, ou
     return result
 
 
-def run_jobs(pipe: DoSSRPipeline, sources: Sequence[Path | bytes | imageio.DecodedImage], params: UpscaleParams,
+def run_jobs(pipe: DoSSRPipeline, sources: Sequence[Path | bytes], params: UpscaleParams,
              out_formats: Sequence[str | None], callback: StepCallback | None = None,
              notify: Callable[[str], None] | None = None,
              tile_callback: Callable[[int, int], None] | None = None) -> list[JobResult | DossrError]:
     """Several images; those of one size go through the model as one batch.
 
-    A source is a file, its bytes, or an image already decoded (the service decodes on arrival, to
-    answer a bad upload at once). A failure stays with its image: the list holds each image's result
-    or its error. Every limit (output pixels, the format's largest side) is checked on the decoded
-    size before any network runs.
+    A failure stays with its image: the list holds each image's result or its error. Every limit
+    (output pixels, the format's largest side) is checked on the decoded size before any network runs.
     Batched and single runs agree to float precision (~1e-6), so a rare 8-bit pixel
     may round the other way; `--batch-size 1` gives exactly `dossr upscale`'s bytes.
     """
@@ -116,8 +114,7 @@ def run_jobs(pipe: DoSSRPipeline, sources: Sequence[Path | bytes | imageio.Decod
     decoded: dict[int, imageio.DecodedImage] = {}
     for i, source in enumerate(sources):
         try:
-            image = (source if isinstance(source, imageio.DecodedImage)
-                     else imageio.read_image(source, max_pixels=params.max_pixels))
+            image = imageio.read_image(source, max_pixels=params.max_pixels)
             params.check_cost(*image.rgb.shape[:2], out_formats[i] or params.format or image.format,
                               pipe.config.upscale, pipe.config.pixel_multiple)
             decoded[i] = image
