@@ -1,4 +1,4 @@
-"""A client for a running `dossr serve`: the HTTP API of SERVE_API.md over `requests` alone.
+"""A client for a running `dossr serve`: its HTTP API (README, /openapi.json) over `requests` alone.
 
 No FastAPI and no torch here, so `dossr upscale --server` and other programs pay for neither.
 Every failure is one DossrError line: an unreachable server, a missing token, and the server's

@@ -1,4 +1,4 @@
-// dossr serve's page: plain JS over the HTTP API (SERVE_API.md); no framework, no build step.
+// dossr serve's page: plain JS over the HTTP API (README, /openapi.json); no framework, no build step.
 "use strict";
 
 const TOKEN_KEY = "dossr.token";
