@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from dossr_cli import __version__
-from dossr_cli.cli import batch, bench, serve, upscale, weights
+from dossr_cli.cli import batch, bench, eval, serve, upscale, weights
 from dossr_cli.cli.console import stderr
 from dossr_cli.errors import DossrError
 
@@ -32,6 +32,7 @@ app.command("upscale", no_args_is_help=True)(upscale.upscale)
 app.command("batch", no_args_is_help=True)(batch.batch)
 app.command("bench")(bench.bench)
 app.command("serve")(serve.serve)
+app.command("eval", no_args_is_help=True)(eval.eval_command)
 app.add_typer(weights.app, name="weights")
 
 
