@@ -1,0 +1,54 @@
+"""The trust measures where users see them: `dossr upscale --json`, its flags, and --trust-map (tiny weights)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dossr_cli.batch.job import UpscaleParams, run_job
+from dossr_cli.pipeline import DoSSRPipeline, lanczos_resize
+from dossr_cli.trust import MAX_PSNR_DB
+
+from .helpers import decode, save, smooth_image
+
+
+@pytest.fixture
+def lr(tmp_path):
+    return save(smooth_image(16, 16), tmp_path / "lr.png")
+
+
+def test_json_carries_the_measures_and_the_map_decodes(dossr, lr, tmp_path):
+    result = dossr("upscale", lr, "-o", tmp_path / "out.png", "--json", "--trust-map", tmp_path / "map.png")
+    assert result.code == 0, result.stderr
+    trust = json.loads(result.stdout)["trust"]
+    assert set(trust) == {"departure_psnr_db", "departure_share", "invented_rms", "flagged", "flag_reasons"}
+    assert 0 < trust["departure_psnr_db"] < MAX_PSNR_DB and 0 <= trust["departure_share"] <= 1
+    assert trust["invented_rms"] > 0  # random weights: the diffusion's output is anything but the regression's
+    assert trust["flagged"] == bool(trust["flag_reasons"])
+    picture = decode(tmp_path / "map.png")
+    assert picture.width == 64 and picture.height > 64  # the result's size, and the legend strip below it
+
+
+def test_thresholds_decide_the_flag(dossr, lr, tmp_path):
+    strict = dossr("upscale", lr, "-o", tmp_path / "a.png", "--json", "--flag-departure-psnr", "101")
+    lenient = dossr("upscale", lr, "-o", tmp_path / "b.png", "--json", "--flag-departure-psnr", "0",
+                    "--flag-departure-share", "1")
+    assert json.loads(strict.stdout)["trust"]["flagged"] is True
+    assert "dossr: flagged: " in strict.stderr and "< 101 dB" in strict.stderr
+    assert json.loads(lenient.stdout)["trust"]["flagged"] is False
+    assert "flagged" not in lenient.stderr
+
+
+def test_invented_detail_is_measured_against_the_preprocessors_output(tiny_weights, lr):
+    """The captured reference is exactly the RRDBNet's x4 output, run again here by hand."""
+    pipe = DoSSRPipeline.from_pretrained(tiny_weights, device="cpu")
+    result = run_job(pipe, lr, UpscaleParams(steps=1))
+    lq = torch.from_numpy(np.asarray(decode(lr).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        reference = lanczos_resize(pipe.preprocess(lq).clamp(0, 1), (64, 64))[0].permute(1, 2, 0).numpy()
+    expected = np.sqrt(np.mean((result.rgb.astype(np.float64) - reference) ** 2))
+    assert result.trust is not None
+    assert result.trust.invented_rms == pytest.approx(expected, rel=1e-5)
