@@ -157,9 +157,6 @@ def upscale(
                     _write_compare(side, result, overwrite)
                 if map_path is not None and result.trust is not None:
                     _write_trust_map(map_path, result.rgb, result.trust, overwrite)
-                flags = result.trust.flags(flag_departure_psnr, flag_departure_share) if result.trust else []
-                for reason in flags:
-                    say(f"dossr: flagged: {source}: {reason}", quiet)
             except DossrError as error:
                 if server and isinstance(error, remote.ServerUnavailable):
                     raise  # the server is gone or refuses us: every other image would fail the same way
@@ -178,8 +175,10 @@ def upscale(
                     "trust": result.trust.as_json(flag_departure_psnr, flag_departure_share) if result.trust else None,
                 }), markup=False)
             elif dest != STDIO:
-                say(f"{source} -> {dest} ({result.output_size[0]}x{result.output_size[1]}, {result.seconds:.1f}s)",
-                    quiet)
+                flags = result.trust.flags(flag_departure_psnr, flag_departure_share) if result.trust else []
+                flagged = f"; flagged: {', '.join(flags)}" if flags else ""
+                say(f"{source} -> {dest} ({result.output_size[0]}x{result.output_size[1]}, {result.seconds:.1f}s"
+                    f"{flagged})", quiet)
     if failures:
         sys.exit(1)
 

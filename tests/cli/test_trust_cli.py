@@ -37,9 +37,10 @@ def test_thresholds_decide_the_flag(dossr, lr, tmp_path):
     lenient = dossr("upscale", lr, "-o", tmp_path / "b.png", "--json", "--flag-departure-psnr", "0",
                     "--flag-departure-share", "1")
     assert json.loads(strict.stdout)["trust"]["flagged"] is True
-    assert "dossr: flagged: " in strict.stderr and "< 101 dB" in strict.stderr
     assert json.loads(lenient.stdout)["trust"]["flagged"] is False
-    assert "flagged" not in lenient.stderr
+    said = dossr("upscale", lr, "-o", tmp_path / "c.png", "--flag-departure-psnr", "101")
+    assert "c.png (64x64, " in said.stderr and "s; flagged: departure PSNR " in said.stderr
+    assert "< 101 dB" in said.stderr
 
 
 def test_invented_detail_is_measured_against_the_preprocessors_output(tiny_weights, lr):
