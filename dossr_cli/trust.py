@@ -18,13 +18,10 @@ invent a plausible wrong face; they say where to look, not what is right.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
-
-from dossr_cli.pipeline import lanczos_resize
 
 MAX_PSNR_DB = 100.0  # MSE 1e-10: below float32 rounding of [0, 1] values, so "identical" in practice
 DEFAULT_PIXEL_THRESHOLD = 0.1  # a pixel departs when a channel moved by more than 10% of the range (~26/255)
@@ -36,13 +33,12 @@ INVENTED_COLOUR = np.array([0.1, 0.9, 1.0], dtype=np.float32)  # cyan
 
 
 @dataclass(frozen=True)
-class TrustReport:
+class TrustNumbers:
+    """The three numbers alone: small enough for JSON, a batch's outcomes and a Ray worker's reply."""
+
     departure_psnr_db: float  # capped at MAX_PSNR_DB
-    departure_share: float  # share of input pixels beyond pixel_threshold, in [0, 1]
+    departure_share: float  # share of input pixels beyond the pixel threshold, in [0, 1]
     invented_rms: float  # RMS of (result - regression upscale), in [0, 1] units
-    pixel_threshold: float
-    departure_map: np.ndarray  # (h, w) float32: the largest channel departure per input pixel
-    invented_map: np.ndarray  # (H, W) float32: per-pixel RMS over channels of the invented detail
 
     def flags(self, min_psnr_db: float = DEFAULT_FLAG_PSNR_DB, max_share: float = DEFAULT_FLAG_SHARE) -> list[str]:
         """Why this image needs a look, one short reason per threshold crossed (empty: none)."""
@@ -59,6 +55,17 @@ class TrustReport:
                 "invented_rms": round(self.invented_rms, 6), "flagged": bool(reasons), "flag_reasons": reasons}
 
 
+@dataclass(frozen=True)
+class TrustReport(TrustNumbers):
+    pixel_threshold: float = DEFAULT_PIXEL_THRESHOLD
+    # (h, w): the largest channel departure per input pixel; (H, W): per-pixel RMS over channels of invented detail
+    departure_map: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    invented_map: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+    def numbers(self) -> TrustNumbers:
+        return TrustNumbers(self.departure_psnr_db, self.departure_share, self.invented_rms)
+
+
 def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR of two [0, 1] arrays, capped at MAX_PSNR_DB."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
@@ -66,6 +73,10 @@ def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _resize_hwc(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    import torch  # here, not above: the command line reads this module's defaults before it may load torch
+
+    from dossr_cli.pipeline import lanczos_resize
+
     chw = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
     return lanczos_resize(chw, size)[0].permute(1, 2, 0).numpy().clip(0, 1)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,3 +54,19 @@ def test_invented_detail_is_measured_against_the_preprocessors_output(tiny_weigh
     expected = np.sqrt(np.mean((result.rgb.astype(np.float64) - reference) ** 2))
     assert result.trust is not None
     assert result.trust.invented_rms == pytest.approx(expected, rel=1e-5)
+
+
+def test_batch_json_and_summary_name_the_worst_first(dossr, tmp_path):
+    folder = tmp_path / "photos"
+    for i, name in enumerate(["a", "b", "c", "d"]):
+        save(smooth_image(16, 16 + 4 * i), folder / f"{name}.png")
+    result = dossr("batch", folder, "-o", tmp_path / "out", "--json", "--flag-departure-psnr", "101")
+    assert result.code == 0, result.stderr
+    records = {Path(r["input"]).name: r["trust"] for r in map(json.loads, result.stdout.splitlines())}
+    assert set(records) == {"a.png", "b.png", "c.png", "d.png"} and all(t["flagged"] for t in records.values())
+    worst = sorted(records, key=lambda name: records[name]["departure_psnr_db"])[:3]
+    named = [line.split(": ")[1] for line in result.stderr.splitlines() if "check first: " in line]
+    assert named == worst  # the three worst departures, worst first
+    assert "... and 1 more flagged" in result.stderr
+    calm = dossr("batch", folder, "-o", tmp_path / "calm", "--flag-departure-psnr", "0", "--flag-departure-share", "1")
+    assert calm.code == 0 and "check first" not in calm.stderr
