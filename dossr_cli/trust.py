@@ -127,8 +127,8 @@ def _legend(width: int, report: TrustReport) -> np.ndarray:
     """A strip naming the two colours and the image's numbers (PIL's built-in bitmap font)."""
     numbers = (f"PSNR {report.departure_psnr_db:.1f} dB  depart {report.departure_share:.1%}  "
                f"invented {report.invented_rms:.3f}")
-    lines = [("cyan: detail the diffusion added over the regression upscale", INVENTED_COLOUR),
-             (f"red: departs from the input by > {report.pixel_threshold:g}", DEPARTURE_COLOUR),
+    lines = [("cyan: invented (vs regression upscale)", INVENTED_COLOUR),
+             (f"red: departs from input by > {report.pixel_threshold:g}", DEPARTURE_COLOUR),
              (numbers, np.ones(3, dtype=np.float32))]
     strip = Image.new("RGB", (max(width, 1), 14 * len(lines) + 4), (0, 0, 0))
     draw = ImageDraw.Draw(strip)
