@@ -258,6 +258,7 @@ class DoSSRPipeline:
         on_retry: Callable[[str], None] | None = None,
         tile_callback: Callable[[int, int], None] | None = None,
         timer: NullTimer | None = None,
+        regression: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """(B, 3, h, w) in [0, 1] -> (B, 3, H, W) float32 in [0, 1] on the CPU.
 
@@ -270,7 +271,9 @@ class DoSSRPipeline:
         a few images at a time. Out of memory, the images are run again
         with half the tile, and `on_retry` hears why (and of a half-precision stage run again in
         fp32); `tile_callback(done, total)` hears the solver's tiles at every step; `timer`
-        (timing.StageTimer) the seconds of each stage.
+        (timing.StageTimer) the seconds of each stage. `regression`, a list, receives each image's
+        deterministic regression upscale (the preprocessor's x4, resized as the result is; trust.py),
+        at no extra network cost.
         """
         validate_options(steps, order, t1, color_fix)
         if lq.ndim != 4 or lq.shape[1] != 3:
@@ -299,17 +302,20 @@ class DoSSRPipeline:
         lq = lq.to(self.device, self.dtype)
         results = []
         for start in range(0, lq.shape[0], at_once):
+            pre: list[torch.Tensor] | None = [] if regression is not None else None
             x4, tile_size = self.x4_with_fallback(lq[start:start + at_once], list(seeds[start:start + at_once]),
                                                   steps, order, t1, color_fix, callback, tile_size, tile_overlap,
-                                                  tile_callback, timer, on_retry)
+                                                  tile_callback, timer, on_retry, pre)
             results.append(lanczos_resize(x4, out_size))
+            if regression is not None and pre:
+                regression.extend(lanczos_resize(pre[-1], out_size).unbind(0))
         return torch.cat(results)
 
     def x4_with_fallback(self, lq: torch.Tensor, seeds: list[int], steps: int, order: int, t1: int,
                          color_fix_method: str, callback: StepCallback | None, tile_size: int | None,
                          tile_overlap: int, tile_callback: Callable[[int, int], None] | None,
-                         timer: NullTimer | None, on_retry: Callable[[str], None] | None
-                         ) -> tuple[torch.Tensor, int | None]:
+                         timer: NullTimer | None, on_retry: Callable[[str], None] | None,
+                         regression: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, int | None]:
         """`upscale_x4`, run again with half the tile while it runs out of memory; and the tile it took."""
         height, width = lq.shape[-2] * self.config.upscale, lq.shape[-1] * self.config.upscale
         while True:
@@ -317,7 +323,7 @@ class DoSSRPipeline:
             overlap = tile_overlap if tile_size is None or tile_overlap < tile_size else tile_size // 2
             try:
                 return self.upscale_x4(lq, seeds, steps, order, t1, color_fix_method, callback, tile_size, overlap,
-                                       tile_callback, timer, on_retry), tile_size
+                                       tile_callback, timer, on_retry, regression), tile_size
             except RuntimeError as error:  # torch.OutOfMemoryError among them
                 if not is_out_of_memory(error):
                     raise
@@ -337,11 +343,13 @@ class DoSSRPipeline:
                    color_fix_method: str, callback: StepCallback | None = None, tile_size: int | None = None,
                    tile_overlap: int = DEFAULT_TILE_OVERLAP,
                    tile_callback: Callable[[int, int], None] | None = None, timer: NullTimer | None = None,
-                   notify: Callable[[str], None] | None = None) -> torch.Tensor:
+                   notify: Callable[[str], None] | None = None,
+                   regression: list[torch.Tensor] | None = None) -> torch.Tensor:
         """The model's own x4 result, clamped to [0, 1], float32 on the CPU.
 
         `timer` hears each stage (bench); in half precision every stage's output is checked once
         for inf/NaN, and a stage that overflowed runs again in fp32 (`notify` hears of it).
+        `regression` receives the preprocessor's clamped x4 (the colour fix's reference) on success.
         """
         timer = timer if timer is not None else NullTimer()
         nets = self.networks
@@ -385,6 +393,8 @@ class DoSSRPipeline:
             decoded = ((decoded.float() + 1) / 2)[..., :height, :width]
         with timer.stage("color_fix"):
             fixed = color_fix(decoded, pre.float(), color_fix_method).clamp(0, 1)
+        if regression is not None:
+            regression.append(pre.float().cpu())
         return fixed.cpu()
 
     def finite_or_fp32(self, stage: str, modules: Sequence[torch.nn.Module], notify: Callable[[str], None] | None,

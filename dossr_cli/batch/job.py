@@ -20,6 +20,7 @@ from dossr_cli.batch.params import DEFAULT_SEED, UpscaleParams
 from dossr_cli.errors import DossrError
 from dossr_cli.pipeline import DoSSRPipeline, image_seed
 from dossr_cli.solver import StepCallback
+from dossr_cli.trust import TrustReport, trust_report
 
 __all__ = ["DEFAULT_SEED", "JobResult", "UpscaleParams", "compare_picture", "run_job", "run_jobs"]
 
@@ -37,16 +38,19 @@ class JobResult:
     lr_rgb: np.ndarray  # the decoded input, for --compare
     rgb: np.ndarray  # the result before encoding, float32 (H, W, 3)
     notes: tuple[str, ...] = ()  # things the user should hear about (metadata not carried, alpha flattened)
+    trust: TrustReport | None = None  # departure from the input and invented detail (trust.py)
 
 
 def upscale_decoded_batch(pipe: DoSSRPipeline, images: Sequence[imageio.DecodedImage], params: UpscaleParams,
                           callback: StepCallback | None = None, notify: Callable[[str], None] | None = None,
-                          tile_callback: Callable[[int, int], None] | None = None
+                          tile_callback: Callable[[int, int], None] | None = None, *,
+                          trust: list[TrustReport] | None = None
                           ) -> list[tuple[np.ndarray, np.ndarray | None, int]]:
     """Images of one size through the model together, each with its own seed (run seed + its pixels).
 
     Colour goes in premultiplied where there is alpha; alpha takes its own Lanczos path.
-    Returns (rgb, alpha or None, seed) per image, in order.
+    Returns (rgb, alpha or None, seed) per image, in order. `trust`, a list, receives each image's
+    TrustReport, measured on the premultiplied colour the model saw (transparent pixels weigh nothing).
     """
     shapes = {image.rgb.shape[:2] for image in images}
     if len(shapes) != 1:
@@ -56,13 +60,17 @@ def upscale_decoded_batch(pipe: DoSSRPipeline, images: Sequence[imageio.DecodedI
     colours = [imageio.premultiply(im.rgb, im.alpha) if im.alpha is not None else im.rgb for im in images]
     lq = torch.stack([torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32)).permute(2, 0, 1) for c in colours])
     seeds = [image_seed(params.seed, image) for image in lq]
+    regression: list[torch.Tensor] | None = [] if trust is not None else None
     out = pipe.upscale_tensor(lq, steps=params.steps, order=params.order, t1=params.t1,
                               color_fix=params.color_fix, seeds=seeds, size=size, callback=callback,
                               tile_size=params.pipeline_tile_size, tile_overlap=params.pipeline_tile_overlap,
-                              max_memory=params.max_memory, on_retry=notify, tile_callback=tile_callback)
+                              max_memory=params.max_memory, on_retry=notify, tile_callback=tile_callback,
+                              regression=regression)
     results = []
-    for image, rgb_chw, seed in zip(images, out, seeds):
+    for i, (image, rgb_chw, seed) in enumerate(zip(images, out, seeds)):
         rgb, alpha = rgb_chw.permute(1, 2, 0).numpy(), None
+        if trust is not None and regression is not None:
+            trust.append(trust_report(colours[i], rgb, regression[i].permute(1, 2, 0).numpy()))
         if image.alpha is not None:
             alpha = imageio.upscale_alpha(image.alpha, size)
             rgb = imageio.unpremultiply(rgb, alpha)
@@ -71,7 +79,8 @@ def upscale_decoded_batch(pipe: DoSSRPipeline, images: Sequence[imageio.DecodedI
 
 
 def encode_result(image: imageio.DecodedImage, rgb: np.ndarray, alpha: np.ndarray | None, seed: int,
-                  params: UpscaleParams, out_format: str | None, seconds: float) -> JobResult:
+                  params: UpscaleParams, out_format: str | None, seconds: float,
+                  trust: TrustReport | None = None) -> JobResult:
     """Encode in `out_format` (default: the input's), noting what that format cannot keep."""
     fmt = out_format or params.format or image.format
     notes = list(image.notes)  # from decoding: only the first page read, an unusable ICC profile
@@ -86,7 +95,7 @@ def encode_result(image: imageio.DecodedImage, rgb: np.ndarray, alpha: np.ndarra
     notes += [str(w.message) for w in caught if issubclass(w.category, imageio.MetadataWarning)]
     height, width = image.rgb.shape[:2]
     return JobResult(data, fmt, (width, height), (rgb.shape[1], rgb.shape[0]), seed, seconds,
-                     alpha is not None, image.bit_depth, image.rgb, rgb, tuple(notes))
+                     alpha is not None, image.bit_depth, image.rgb, rgb, tuple(notes), trust)
 
 
 def run_job(pipe: DoSSRPipeline, source: Path | bytes, params: UpscaleParams, out_format: str | None = None,
@@ -125,17 +134,18 @@ def run_jobs(pipe: DoSSRPipeline, sources: Sequence[Path | bytes], params: Upsca
         groups.setdefault(image.rgb.shape[:2], []).append(i)
     for members in groups.values():
         started = time.perf_counter()
+        reports: list[TrustReport] = []
         try:
             upscaled = upscale_decoded_batch(pipe, [decoded[i] for i in members], params, callback, notify,
-                                             tile_callback)
+                                             tile_callback, trust=reports)
         except DossrError as error:
             for i in members:
                 results[i] = error
             continue
         share = (time.perf_counter() - started) / len(members)
-        for i, (rgb, alpha, seed) in zip(members, upscaled):
+        for i, (rgb, alpha, seed), report in zip(members, upscaled, reports):
             try:
-                results[i] = encode_result(decoded[i], rgb, alpha, seed, params, out_formats[i], share)
+                results[i] = encode_result(decoded[i], rgb, alpha, seed, params, out_formats[i], share, report)
             except DossrError as error:
                 results[i] = error
     return results  # type: ignore[return-value]

@@ -21,6 +21,7 @@ from dossr_cli.batch.journal import JOURNAL_NAME, DiskFullError, Journal, conten
 from dossr_cli.errors import DossrError
 from dossr_cli.pipeline import DoSSRPipeline
 from dossr_cli.solver import StepCallback
+from dossr_cli.trust import TrustNumbers
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 POLL_SECONDS = 0.5  # how often a run looks again at images other runs hold
@@ -43,6 +44,7 @@ class Outcome:
     seconds: float = 0.0
     notes: tuple[str, ...] = ()  # things the user should hear about (alpha flattened, metadata dropped)
     disk_full: bool = False  # the failure was a full disk: the run stops, the image is not failed
+    trust: TrustNumbers | None = None  # departure from the input and invented detail, for what was done here
 
 
 def list_inputs(root: Path, recursive: bool, include: Iterable[str] = (), exclude: Iterable[str] = (),
@@ -142,7 +144,8 @@ def process_items(pipe: DoSSRPipeline, items: Sequence[BatchItem], params: Upsca
                 picture = compare_picture(result.lr_rgb, result.rgb)
                 imageio.write_atomic(item.compare, imageio.encode_image(picture, None, "png", metadata="none"),
                                      overwrite=True)
-            outcomes[i] = Outcome(item.rel, "done", str(item.output), result.seconds, result.notes)
+            outcomes[i] = Outcome(item.rel, "done", str(item.output), result.seconds, result.notes,
+                                  trust=result.trust.numbers() if result.trust is not None else None)
         except DossrError as error:
             outcomes[i] = Outcome(item.rel, "failed", str(error), time.perf_counter() - started,
                                   disk_full=is_disk_full(error))

@@ -15,6 +15,7 @@ from dossr_cli.cli import common
 from dossr_cli.cli.console import error_line, say, stderr, stdout
 from dossr_cli.cli.progress import progress_bars
 from dossr_cli.errors import UsageError
+from dossr_cli.trust import DEFAULT_FLAG_PSNR_DB, DEFAULT_FLAG_SHARE
 
 if TYPE_CHECKING:
     from dossr_cli.batch.runner import Outcome
@@ -68,6 +69,8 @@ def batch(
     tile_overlap: common.TileOverlap = None,
     max_memory: common.MaxMemory = None,
     compare: common.Compare = None,
+    flag_departure_psnr: common.FlagDeparturePsnr = DEFAULT_FLAG_PSNR_DB,
+    flag_departure_share: common.FlagDepartureShare = DEFAULT_FLAG_SHARE,
     compile: common.Compile = False,
     json_output: common.Json = False,
     quiet: common.Quiet = False,
@@ -105,13 +108,15 @@ def batch(
     if not sources:
         raise UsageError(f"no images in {folder}" + ("" if recursive else " (use -r for subfolders)"))
 
+    thresholds = (flag_departure_psnr, flag_departure_share)
+
     def report(outcome: Outcome) -> None:
         if outcome.status == "failed":
             stderr.print(error_line(outcome.rel, outcome.detail), markup=False)
         for note in outcome.notes:
             say(f"dossr: note: {outcome.rel}: {note}", quiet)
         if json_output:
-            stdout.print(_json_line(root, outcome), markup=False)
+            stdout.print(_json_line(root, outcome, thresholds), markup=False)
 
     bundle = common.find_weights(weights, download, quiet)
     model = common.weights_identity(bundle)  # other weights give other pixels: part of what makes an image done
@@ -165,7 +170,7 @@ def batch(
         stopped = error
     finally:
         journal.close()
-    _summary(outcomes, quiet, unfinished=len(sources) - len(outcomes) if stopped else 0)
+    _summary(outcomes, quiet, unfinished=len(sources) - len(outcomes) if stopped else 0, thresholds=thresholds)
     if stopped is not None:
         stderr.print(f"dossr: error: {stopped}", markup=False)
         sys.exit(stopped.exit_code)
@@ -173,21 +178,29 @@ def batch(
         sys.exit(1)
 
 
-def _json_line(root: Path, outcome: Outcome) -> str:
-    result = {"input": str(root / outcome.rel), "status": outcome.status,
-              "error" if outcome.status == "failed" else "output": outcome.detail}
+def _json_line(root: Path, outcome: Outcome, thresholds: tuple[float, float]) -> str:
+    result: dict[str, object] = {"input": str(root / outcome.rel), "status": outcome.status,
+                                 "error" if outcome.status == "failed" else "output": outcome.detail}
     if outcome.status == "done":
         result["seconds"] = round(outcome.seconds, 3)
+        result["trust"] = outcome.trust.as_json(*thresholds) if outcome.trust is not None else None
     return json.dumps(result)
 
+
+WORST_SHOWN = 3  # flagged images the summary names, worst departure first
 
 _SUMMARY_ROWS = {"done": "done", "skipped": "skipped", "elsewhere": "done by another run", "failed": "failed"}
 
 
-def _summary(outcomes: list[Outcome], quiet: bool, unfinished: int = 0) -> None:
-    """Counts by status; the rows for other runs' work and for what a stopped run left appear when there is any."""
+def _summary(outcomes: list[Outcome], quiet: bool, unfinished: int = 0,
+             thresholds: tuple[float, float] = (DEFAULT_FLAG_PSNR_DB, DEFAULT_FLAG_SHARE)) -> None:
+    """Counts by status; the rows for other runs' work and for what a stopped run left appear when there is any.
+    Then the flagged images whose departure from their input is worst, to check first."""
     counts = {label: sum(o.status == status for o in outcomes) for status, label in _SUMMARY_ROWS.items()}
     counts["not done yet"] = unfinished
+    flagged = sorted((o for o in outcomes if o.trust is not None and o.trust.flags(*thresholds)),
+                     key=lambda o: (o.trust.departure_psnr_db, -o.trust.departure_share))  # type: ignore[union-attr]
+    counts["flagged (departs from its input)"] = len(flagged)
     if quiet:
         return
     table = Table(title="dossr batch", show_edge=False)
@@ -201,3 +214,8 @@ def _summary(outcomes: list[Outcome], quiet: bool, unfinished: int = 0) -> None:
         if outcome.status == "failed":
             stderr.print("  failed: " + error_line(outcome.rel, outcome.detail).removeprefix("dossr: error: "),
                          markup=False)
+    for outcome in flagged[:WORST_SHOWN]:
+        reasons = "; ".join(outcome.trust.flags(*thresholds))  # type: ignore[union-attr]
+        stderr.print(f"  check first: {outcome.rel}: {reasons}", markup=False)
+    if len(flagged) > WORST_SHOWN:
+        stderr.print(f"  ... and {len(flagged) - WORST_SHOWN} more flagged (see --json)", markup=False)

@@ -55,6 +55,15 @@ MaxMemory = Annotated[str | None, typer.Option("--max-memory", help="Memory a ti
                                                "nine tenths of the free memory).")]
 Compare = Annotated[Path | None, typer.Option("--compare", help="Also write a side-by-side picture (input "
                                               "enlarged with nearest neighbour | result) to this file or folder.")]
+FlagDeparturePsnr = Annotated[float, typer.Option("--flag-departure-psnr", metavar="DB", help="Flag an image whose "
+                                                 "output, taken back to the input's size, is below this PSNR "
+                                                 "against the input (dB).")]
+FlagDepartureShare = Annotated[float, typer.Option("--flag-departure-share", metavar="SHARE", help="Flag an image "
+                                                   "where more than this share (0-1) of the input's pixels depart "
+                                                   "by over a tenth of the range.")]
+TrustMap = Annotated[Path | None, typer.Option("--trust-map", help="Also write a trust map (the result greyed, "
+                                               "invented detail in cyan, departures from the input in red, a "
+                                               "legend) to this file or folder.")]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the networks, block by block: the first "
                                        "image of each size waits for the compiler, the rest run faster; the "
                                        "compiled code is kept on disk for the next run.")]

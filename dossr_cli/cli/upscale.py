@@ -16,9 +16,13 @@ from dossr_cli.cli import common
 from dossr_cli.cli.console import error_line, say, stderr, stdout
 from dossr_cli.cli.progress import progress_bars
 from dossr_cli.errors import DossrError, UsageError
+from dossr_cli.trust import DEFAULT_FLAG_PSNR_DB, DEFAULT_FLAG_SHARE
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from dossr_cli.batch.job import JobResult
+    from dossr_cli.trust import TrustReport
 
 STDIO = "-"
 
@@ -65,6 +69,9 @@ def upscale(
     tile_overlap: common.TileOverlap = None,
     max_memory: common.MaxMemory = None,
     compare: common.Compare = None,
+    trust_map: common.TrustMap = None,
+    flag_departure_psnr: common.FlagDeparturePsnr = DEFAULT_FLAG_PSNR_DB,
+    flag_departure_share: common.FlagDepartureShare = DEFAULT_FLAG_SHARE,
     compile: common.Compile = False,
     json_output: common.Json = False,
     server: common.Server = None,
@@ -95,16 +102,21 @@ def upscale(
         _check_destination(output, params, many)
     if compare is not None:
         _check_folder("--compare", compare if many or compare.is_dir() else compare.parent)
+    if trust_map is not None:
+        if server:
+            raise UsageError("--trust-map needs the model here: a --server result carries no trust measures")
+        _check_folder("--trust-map", trust_map if many or trust_map.is_dir() else trust_map.parent)
     suffix = suffix if suffix is not None else common.default_suffix(params)
-    plans = [(source, plan_output(source, output, params, suffix, many), _compare_target(compare, source, many))
+    plans = [(source, plan_output(source, output, params, suffix, many), _compare_target(compare, source, many),
+              _compare_target(trust_map, source, many, "_trust"))
              for source in inputs]
-    if json_output and any(dest == STDIO for _, dest, _ in plans):
+    if json_output and any(dest == STDIO for _, dest, _, _ in plans):
         raise UsageError("--json writes to stdout, so it cannot be combined with writing the image to stdout")
 
     failures = 0
     pending = []
-    for source, dest, side in plans:  # refuse what would overwrite before loading any model
-        existing = [str(p) for p in (dest, side) if p not in (None, STDIO) and Path(p).exists()]
+    for source, dest, side, map_path in plans:  # refuse what would overwrite before loading any model
+        existing = [str(p) for p in (dest, side, map_path) if p not in (None, STDIO) and Path(p).exists()]
         if existing and not overwrite:
             failures += 1
             _report_failure(source, f"{existing[0]} already exists (pass --overwrite to replace it)", json_output)
@@ -112,7 +124,7 @@ def upscale(
             failures += 1
             _report_failure(source, "no such file" if not Path(source).exists() else "not a file", json_output)
         else:
-            pending.append((source, dest, side))
+            pending.append((source, dest, side, map_path))
     if not pending:
         sys.exit(1)
 
@@ -123,7 +135,7 @@ def upscale(
 
         pipe = common.load_pipeline(common.find_weights(weights, download, quiet), device, dtype, compile)
     with progress_bars(len(pending), params.steps, quiet) as bars:
-        for source, dest, side in pending:
+        for source, dest, side, map_path in pending:
             bars.start_image(source)
             try:
                 data = sys.stdin.buffer.read() if source == STDIO else Path(source)
@@ -143,6 +155,8 @@ def upscale(
                     imageio.write_atomic(dest, result.data, overwrite=overwrite)
                 if side is not None:
                     _write_compare(side, result, overwrite)
+                if map_path is not None and result.trust is not None:
+                    _write_trust_map(map_path, result.rgb, result.trust, overwrite)
             except DossrError as error:
                 if server and isinstance(error, remote.ServerUnavailable):
                     raise  # the server is gone or refuses us: every other image would fail the same way
@@ -158,10 +172,13 @@ def upscale(
                     "input": source, "output": dest, "status": "ok", "format": result.format,
                     "input_size": result.input_size, "size": result.output_size, "seconds": round(result.seconds, 3),
                     "seed": result.seed, "parameters": params.output_params(),
+                    "trust": result.trust.as_json(flag_departure_psnr, flag_departure_share) if result.trust else None,
                 }), markup=False)
             elif dest != STDIO:
-                say(f"{source} -> {dest} ({result.output_size[0]}x{result.output_size[1]}, {result.seconds:.1f}s)",
-                    quiet)
+                flags = result.trust.flags(flag_departure_psnr, flag_departure_share) if result.trust else []
+                flagged = f"; flagged: {', '.join(flags)}" if flags else ""
+                say(f"{source} -> {dest} ({result.output_size[0]}x{result.output_size[1]}, {result.seconds:.1f}s"
+                    f"{flagged})", quiet)
     if failures:
         sys.exit(1)
 
@@ -191,13 +208,14 @@ def _report_failure(source: str, message: str, json_output: bool) -> None:
         stdout.print(json.dumps({"input": source, "status": "failed", "error": message}), markup=False)
 
 
-def _compare_target(compare: Path | None, source: str, many: bool) -> Path | None:
-    """Where --compare puts one input's side-by-side picture: the file given, or NAME_compare.png in the folder."""
+def _compare_target(compare: Path | None, source: str, many: bool, tag: str = "_compare") -> Path | None:
+    """Where --compare (--trust-map) puts one input's picture: the file given, or NAME_compare.png
+    (NAME_trust.png) in the folder."""
     if compare is None:
         return None
     if many or compare.is_dir():
         stem = "stdin" if source == STDIO else Path(source).stem
-        return compare / f"{stem}_compare.png"
+        return compare / f"{stem}{tag}.png"
     return compare
 
 
@@ -205,5 +223,13 @@ def _write_compare(target: Path, result: JobResult, overwrite: bool) -> None:
     from dossr_cli.batch.job import compare_picture
 
     picture = compare_picture(result.lr_rgb, result.rgb)
+    fmt = imageio.format_from_name(target) or "png"
+    imageio.write_atomic(target, imageio.encode_image(picture, None, fmt, metadata="none"), overwrite=overwrite)
+
+
+def _write_trust_map(target: Path, rgb: np.ndarray, report: TrustReport, overwrite: bool) -> None:
+    from dossr_cli.trust import trust_map
+
+    picture = trust_map(rgb, report)
     fmt = imageio.format_from_name(target) or "png"
     imageio.write_atomic(target, imageio.encode_image(picture, None, fmt, metadata="none"), overwrite=overwrite)

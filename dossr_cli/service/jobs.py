@@ -81,6 +81,7 @@ class Job:
             "output_size": list(result.output_size) if result else None,
             "format": result.format if result else None, "seed": result.seed if result else None,
             "seconds": round(result.seconds, 3) if result else None, "notes": list(result.notes) if result else [],
+            "trust": result.trust.as_json() if result and result.trust else None,  # default flag thresholds
             "error": self.error, "created": self.created, "batch": self.batch,
             "result": f"/v1/jobs/{self.id}/result" if self.status == DONE and result is not None else None,
         }

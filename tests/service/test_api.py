@@ -132,6 +132,7 @@ def test_a_job_streams_its_events_in_order_and_keeps_its_result(server: Server):
     assert steps == [1, 2, 3] and events[-1][2]["progress"] == {"step": 3, "steps": 3, "tile": 1, "tiles": 1}
     done = server.get(f"/v1/jobs/{job['id']}").json()
     assert done["status"] == "done" and done["output_size"] == [96, 64] and done["result"].endswith("/result")
+    assert 0 < done["trust"]["departure_psnr_db"] <= 100 and done["trust"]["invented_rms"] > 0  # as --json has it
     result = server.get(done["result"])
     assert result.status_code == 200
     assert result.content == server.post("/v1/upscale", data, filename="a.png", steps=3).content

@@ -1,0 +1,72 @@
+"""The trust measures where users see them: `dossr upscale --json`, its flags, and --trust-map (tiny weights)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dossr_cli.batch.job import UpscaleParams, run_job
+from dossr_cli.pipeline import DoSSRPipeline, lanczos_resize
+from dossr_cli.trust import MAX_PSNR_DB
+
+from .helpers import decode, save, smooth_image
+
+
+@pytest.fixture
+def lr(tmp_path):
+    return save(smooth_image(16, 16), tmp_path / "lr.png")
+
+
+def test_json_carries_the_measures_and_the_map_decodes(dossr, lr, tmp_path):
+    result = dossr("upscale", lr, "-o", tmp_path / "out.png", "--json", "--trust-map", tmp_path / "map.png")
+    assert result.code == 0, result.stderr
+    trust = json.loads(result.stdout)["trust"]
+    assert set(trust) == {"departure_psnr_db", "departure_share", "invented_rms", "flagged", "flag_reasons"}
+    assert 0 < trust["departure_psnr_db"] < MAX_PSNR_DB and 0 <= trust["departure_share"] <= 1
+    assert trust["invented_rms"] > 0  # random weights: the diffusion's output is anything but the regression's
+    assert trust["flagged"] == bool(trust["flag_reasons"])
+    picture = decode(tmp_path / "map.png")
+    assert picture.width == 64 and picture.height > 64  # the result's size, and the legend strip below it
+
+
+def test_thresholds_decide_the_flag(dossr, lr, tmp_path):
+    strict = dossr("upscale", lr, "-o", tmp_path / "a.png", "--json", "--flag-departure-psnr", "101")
+    lenient = dossr("upscale", lr, "-o", tmp_path / "b.png", "--json", "--flag-departure-psnr", "0",
+                    "--flag-departure-share", "1")
+    assert json.loads(strict.stdout)["trust"]["flagged"] is True
+    assert json.loads(lenient.stdout)["trust"]["flagged"] is False
+    said = dossr("upscale", lr, "-o", tmp_path / "c.png", "--flag-departure-psnr", "101")
+    assert "c.png (64x64, " in said.stderr and "s; flagged: departure PSNR " in said.stderr
+    assert "< 101 dB" in said.stderr
+
+
+def test_invented_detail_is_measured_against_the_preprocessors_output(tiny_weights, lr):
+    """The captured reference is exactly the RRDBNet's x4 output, run again here by hand."""
+    pipe = DoSSRPipeline.from_pretrained(tiny_weights, device="cpu")
+    result = run_job(pipe, lr, UpscaleParams(steps=1))
+    lq = torch.from_numpy(np.asarray(decode(lr).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        reference = lanczos_resize(pipe.preprocess(lq).clamp(0, 1), (64, 64))[0].permute(1, 2, 0).numpy()
+    expected = np.sqrt(np.mean((result.rgb.astype(np.float64) - reference) ** 2))
+    assert result.trust is not None
+    assert result.trust.invented_rms == pytest.approx(expected, rel=1e-5)
+
+
+def test_batch_json_and_summary_name_the_worst_first(dossr, tmp_path):
+    folder = tmp_path / "photos"
+    for i, name in enumerate(["a", "b", "c", "d"]):
+        save(smooth_image(16, 16 + 4 * i), folder / f"{name}.png")
+    result = dossr("batch", folder, "-o", tmp_path / "out", "--json", "--flag-departure-psnr", "101")
+    assert result.code == 0, result.stderr
+    records = {Path(r["input"]).name: r["trust"] for r in map(json.loads, result.stdout.splitlines())}
+    assert set(records) == {"a.png", "b.png", "c.png", "d.png"} and all(t["flagged"] for t in records.values())
+    worst = sorted(records, key=lambda name: records[name]["departure_psnr_db"])[:3]
+    named = [line.split(": ")[1] for line in result.stderr.splitlines() if "check first: " in line]
+    assert named == worst  # the three worst departures, worst first
+    assert "... and 1 more flagged" in result.stderr
+    calm = dossr("batch", folder, "-o", tmp_path / "calm", "--flag-departure-psnr", "0", "--flag-departure-share", "1")
+    assert calm.code == 0 and "check first" not in calm.stderr
