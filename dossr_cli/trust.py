@@ -27,6 +27,7 @@ MAX_PSNR_DB = 100.0  # MSE 1e-10: below float32 rounding of [0, 1] values, so "i
 DEFAULT_PIXEL_THRESHOLD = 0.1  # a pixel departs when a channel moved by more than 10% of the range (~26/255)
 DEFAULT_FLAG_PSNR_DB = 30.0  # an image whose departure PSNR is below this is flagged
 DEFAULT_FLAG_SHARE = 0.01  # ... or whose share of departing pixels is above this (1%)
+LEGEND_WIDTH = 260  # pixels the legend's longest line needs: a narrower map is padded on the right with black
 INVENTED_FULL_SCALE = 0.2  # invented-detail magnitude drawn at full colour in the trust map
 DEPARTURE_COLOUR = np.array([1.0, 0.15, 0.1], dtype=np.float32)  # red
 INVENTED_COLOUR = np.array([0.1, 0.9, 1.0], dtype=np.float32)  # cyan
@@ -110,7 +111,7 @@ def trust_report(lr_rgb: np.ndarray, result_rgb: np.ndarray, reference_rgb: np.n
 
 def trust_map(result_rgb: np.ndarray, report: TrustReport) -> np.ndarray:
     """The result, greyed and dimmed, with invented detail in cyan (stronger = more) and departing input
-    pixels in red; a legend strip underneath. Float32 (H + legend, W, 3) in [0, 1]."""
+    pixels in red; a legend strip underneath. Float32 (H + legend, max(W, LEGEND_WIDTH), 3) in [0, 1]."""
     height, width = result_rgb.shape[:2]
     grey = (result_rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None] * 0.6 + 0.2
     picture = np.repeat(grey, 3, axis=2).astype(np.float32)
@@ -120,7 +121,10 @@ def trust_map(result_rgb: np.ndarray, report: TrustReport) -> np.ndarray:
     cols = np.arange(width) * report.departure_map.shape[1] // width
     departed = (report.departure_map[rows][:, cols] > report.pixel_threshold)[..., None]
     picture = np.where(departed, picture * 0.3 + DEPARTURE_COLOUR * 0.7, picture)
-    return np.concatenate([picture, _legend(width, report)], axis=0).clip(0, 1).astype(np.float32)
+    if width < LEGEND_WIDTH:  # a small result: room for the legend to be read whole
+        picture = np.pad(picture, ((0, 0), (0, LEGEND_WIDTH - width), (0, 0)))
+    legend = _legend(max(width, LEGEND_WIDTH), report)
+    return np.concatenate([picture, legend], axis=0).clip(0, 1).astype(np.float32)
 
 
 def _legend(width: int, report: TrustReport) -> np.ndarray:

@@ -64,10 +64,18 @@ def test_the_map_marks_detail_added_in_one_corner(lr: np.ndarray) -> None:
     expected = np.sqrt(np.mean((result - reference).astype(np.float64) ** 2))
     assert rms == pytest.approx(expected, rel=1e-9)
     picture = trust.trust_map(result, trust.trust_report(lr, result, reference))
-    assert picture.shape[1:] == (128, 3) and picture.shape[0] > 96  # the legend strip below
-    corner, elsewhere = picture[:32, :32], picture[40:96, 40:]
+    assert picture.shape[1:] == (trust.LEGEND_WIDTH, 3) and picture.shape[0] > 96  # the legend strip below
+    assert not picture[:96, 128:].any()  # a result narrower than the legend: padded with black on the right
+    corner, elsewhere = picture[:32, :32], picture[40:96, 40:128]
     assert (corner[..., 2] - corner[..., 0]).mean() > 0.3  # cyan where detail was added
     assert np.allclose(elsewhere[..., 0], elsewhere[..., 2], atol=1e-6)  # grey elsewhere
+
+
+def test_a_wide_map_keeps_the_results_width() -> None:
+    lr = np.full((8, 100, 3), 0.5, dtype=np.float32)
+    result = lanczos(lr, (32, 400))
+    picture = trust.trust_map(result, trust.trust_report(lr, result, result))
+    assert picture.shape[1:] == (400, 3) and picture.shape[0] > 32
 
 
 def test_shapes_must_agree(lr: np.ndarray) -> None:

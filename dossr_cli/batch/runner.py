@@ -21,7 +21,7 @@ from dossr_cli.batch.journal import JOURNAL_NAME, DiskFullError, Journal, conten
 from dossr_cli.errors import DossrError
 from dossr_cli.pipeline import DoSSRPipeline
 from dossr_cli.solver import StepCallback
-from dossr_cli.trust import TrustNumbers
+from dossr_cli.trust import TrustNumbers, trust_map
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 POLL_SECONDS = 0.5  # how often a run looks again at images other runs hold
@@ -34,6 +34,7 @@ class BatchItem:
     output: Path
     compare: Path | None
     sha256: str
+    trust_map: Path | None = None  # where this image's trust map goes (--trust-map), if anywhere
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ def output_path(root: Path, outdir: Path, source: Path, suffix: str, fmt: str | 
 
 
 def plan(root: Path, outdir: Path, sources: list[Path], params: UpscaleParams, model: str, suffix: str,
-         compare_dir: Path | None, journal: Journal) -> tuple[list[BatchItem], list[Outcome]]:
+         compare_dir: Path | None, journal: Journal, trust_map_dir: Path | None = None
+         ) -> tuple[list[BatchItem], list[Outcome]]:
     """Items to run, and the outcomes already known (skipped as done, unreadable, or failed for bringing down runs).
 
     `model` identifies the weights (cli.common.weights_identity): other weights redo everything.
@@ -103,7 +105,8 @@ def plan(root: Path, outdir: Path, sources: list[Path], params: UpscaleParams, m
             continue
         crashes = entry.crashes if entry is not None and entry.content_sha256 == sha else 0
         compare = None if compare_dir is None else compare_dir / Path(rel).parent / f"{source.stem}_compare.png"
-        todo.append((crashes, BatchItem(source, rel, output, compare, sha)))
+        trust_map = None if trust_map_dir is None else trust_map_dir / Path(rel).parent / f"{source.stem}_trust.png"
+        todo.append((crashes, BatchItem(source, rel, output, compare, sha, trust_map)))
     todo.sort(key=lambda pair: pair[0])  # stable: the sorted order within each count
     return [item for _, item in todo], known
 
@@ -143,6 +146,11 @@ def process_items(pipe: DoSSRPipeline, items: Sequence[BatchItem], params: Upsca
                 _make_folder(item.compare.parent)
                 picture = compare_picture(result.lr_rgb, result.rgb)
                 imageio.write_atomic(item.compare, imageio.encode_image(picture, None, "png", metadata="none"),
+                                     overwrite=True)
+            if item.trust_map is not None and result.trust is not None:
+                _make_folder(item.trust_map.parent)
+                picture = trust_map(result.rgb, result.trust)
+                imageio.write_atomic(item.trust_map, imageio.encode_image(picture, None, "png", metadata="none"),
                                      overwrite=True)
             outcomes[i] = Outcome(item.rel, "done", str(item.output), result.seconds, result.notes,
                                   trust=result.trust.numbers() if result.trust is not None else None)

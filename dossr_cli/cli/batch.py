@@ -69,6 +69,7 @@ def batch(
     tile_overlap: common.TileOverlap = None,
     max_memory: common.MaxMemory = None,
     compare: common.Compare = None,
+    trust_map: common.TrustMaps = None,
     flag_departure_psnr: common.FlagDeparturePsnr = DEFAULT_FLAG_PSNR_DB,
     flag_departure_share: common.FlagDepartureShare = DEFAULT_FLAG_SHARE,
     compile: common.Compile = False,
@@ -98,12 +99,14 @@ def batch(
                 raise UsageError(f"{option} needs --engine ray")
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder")
+    if trust_map is not None and trust_map.exists() and not trust_map.is_dir():
+        raise UsageError(f"--trust-map for a batch is a folder (NAME_trust.png go into it); {trust_map} is a file")
     from dossr_cli.batch.runner import list_inputs, plan, run_local  # torch: only once the options are checked
 
     root = folder.resolve()
     suffix = suffix if suffix is not None else common.default_suffix(params)
     outdir = (output.resolve() if output is not None else root.with_name(root.name + suffix))
-    skip = [outdir] + ([compare.resolve()] if compare is not None else [])  # never read our own outputs back
+    skip = [outdir] + [extra.resolve() for extra in (compare, trust_map) if extra is not None]  # not our outputs
     sources = list_inputs(root, recursive, include or (), exclude or (), skip=skip)
     if not sources:
         raise UsageError(f"no images in {folder}" + ("" if recursive else " (use -r for subfolders)"))
@@ -130,7 +133,8 @@ def batch(
     stopped: DiskFullError | None = None
     try:
         compare_dir = compare.resolve() if compare is not None else None
-        todo, known = plan(root, outdir, sources, params, model, suffix, compare_dir, journal)
+        trust_dir = trust_map.resolve() if trust_map is not None else None
+        todo, known = plan(root, outdir, sources, params, model, suffix, compare_dir, journal, trust_dir)
         say(f"{len(sources)} images: {len(todo)} to do, {len(known)} already done or unreadable -> {outdir}",
             quiet)
         for outcome in known:

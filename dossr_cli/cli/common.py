@@ -64,6 +64,8 @@ FlagDepartureShare = Annotated[float, typer.Option("--flag-departure-share", met
 TrustMap = Annotated[Path | None, typer.Option("--trust-map", help="Also write a trust map (the result greyed, "
                                                "invented detail in cyan, departures from the input in red, a "
                                                "legend) to this file or folder.")]
+TrustMaps = Annotated[Path | None, typer.Option("--trust-map", help="Also write each computed image's trust map "
+                                                "(NAME_trust.png, the tree mirrored) into this folder.")]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the networks, block by block: the first "
                                        "image of each size waits for the compiler, the rest run faster; the "
                                        "compiled code is kept on disk for the next run.")]

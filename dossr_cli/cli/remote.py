@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from dossr_cli import imageio
 from dossr_cli.client import Client, ServerError, ServerUnavailable
 from dossr_cli.errors import UsageError
+from dossr_cli.trust import TrustNumbers
 
 if TYPE_CHECKING:
     import numpy as np
@@ -58,6 +59,7 @@ class RemoteResult:
     seconds: float
     notes: tuple[str, ...]
     source: bytes  # the input as sent, decoded again only for --compare
+    trust: TrustNumbers | None  # the server's measures (the numbers only: no maps travel), flagged here
 
     @cached_property
     def lr_rgb(self) -> np.ndarray:
@@ -89,8 +91,11 @@ def run_remote(client: Client, source: Path | bytes, params: UpscaleParams, out_
             here = STDIN_NAME if isinstance(source, bytes) else f"'{source}'"
             raise ServerError(error.status, f"{here}: {message[len(sent):]}") from None
         raise
+    measured = result.job.get("trust")
+    trust = None if not measured else TrustNumbers(float(measured["departure_psnr_db"]),
+                                                   float(measured["departure_share"]), float(measured["invented_rms"]))
     return RemoteResult(result.data, result.format, result.input_size, result.output_size, result.seed,
-                        result.seconds, result.notes, data)
+                        result.seconds, result.notes, data, trust)
 
 
 def _read(path: Path) -> bytes:

@@ -104,7 +104,7 @@ def upscale(
         _check_folder("--compare", compare if many or compare.is_dir() else compare.parent)
     if trust_map is not None:
         if server:
-            raise UsageError("--trust-map needs the model here: a --server result carries no trust measures")
+            raise UsageError("--trust-map needs the model here: a --server result carries the trust numbers, not the maps")
         _check_folder("--trust-map", trust_map if many or trust_map.is_dir() else trust_map.parent)
     suffix = suffix if suffix is not None else common.default_suffix(params)
     plans = [(source, plan_output(source, output, params, suffix, many), _compare_target(compare, source, many),

@@ -11,7 +11,7 @@ import torch
 
 from dossr_cli.batch.job import UpscaleParams, run_job
 from dossr_cli.pipeline import DoSSRPipeline, lanczos_resize
-from dossr_cli.trust import MAX_PSNR_DB
+from dossr_cli.trust import LEGEND_WIDTH, MAX_PSNR_DB
 
 from .helpers import decode, save, smooth_image
 
@@ -30,7 +30,7 @@ def test_json_carries_the_measures_and_the_map_decodes(dossr, lr, tmp_path):
     assert trust["invented_rms"] > 0  # random weights: the diffusion's output is anything but the regression's
     assert trust["flagged"] == bool(trust["flag_reasons"])
     picture = decode(tmp_path / "map.png")
-    assert picture.width == 64 and picture.height > 64  # the result's size, and the legend strip below it
+    assert picture.width == LEGEND_WIDTH and picture.height > 64  # the result, padded to the legend's width
 
 
 def test_thresholds_decide_the_flag(dossr, lr, tmp_path):
@@ -70,3 +70,27 @@ def test_batch_json_and_summary_name_the_worst_first(dossr, tmp_path):
     assert "... and 1 more flagged" in result.stderr
     calm = dossr("batch", folder, "-o", tmp_path / "calm", "--flag-departure-psnr", "0", "--flag-departure-share", "1")
     assert calm.code == 0 and "check first" not in calm.stderr
+
+
+def test_batch_writes_a_trust_map_per_computed_image_mirroring_the_tree(dossr, tmp_path):
+    folder = tmp_path / "photos"
+    save(smooth_image(16, 16), folder / "a.png")
+    save(smooth_image(16, 20), folder / "sub" / "b.png")
+    maps = tmp_path / "maps"
+    result = dossr("batch", folder, "-r", "-o", tmp_path / "out", "--trust-map", maps)
+    assert result.code == 0, result.stderr
+    assert sorted(p.relative_to(maps).as_posix() for p in maps.rglob("*.png")) == ["a_trust.png", "sub/b_trust.png"]
+    picture = decode(maps / "sub" / "b_trust.png")
+    assert picture.width == LEGEND_WIDTH and picture.height > 80  # the result, padded, and the legend below
+    again = dossr("batch", folder, "-r", "-o", tmp_path / "out", "--trust-map", maps)
+    assert again.code == 0 and "0 to do" in again.stderr  # the maps folder is not read back as input
+
+
+def test_batch_trust_map_must_be_a_folder(dossr, tmp_path):
+    folder = tmp_path / "photos"
+    save(smooth_image(16, 16), folder / "a.png")
+    taken = tmp_path / "map.png"
+    taken.write_bytes(b"x")
+    result = dossr("batch", folder, "-o", tmp_path / "out", "--trust-map", taken)
+    assert result.code == 2
+    assert "--trust-map" in result.stderr and "folder" in result.stderr and "Traceback" not in result.stderr
