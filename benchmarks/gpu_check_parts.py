@@ -18,7 +18,7 @@ from collections.abc import Callable
 GIB = 1 << 30
 
 
-def _device(cpu: bool):  # noqa: ANN202 - torch is imported inside, as each snippet needs it
+def _device(cpu: bool):
     import torch
 
     if not cpu and not torch.cuda.is_available():
@@ -49,8 +49,9 @@ def environment(cpu: bool) -> dict:
     else:
         info["device_name"] = "cpu"
     if shutil.which("nvidia-smi"):
-        info["nvidia_smi"] = _command(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,memory.used,"
-                                       "clocks.max.sm,power.limit,temperature.gpu", "--format=csv,noheader"])
+        info["nvidia_smi"] = _command(["nvidia-smi", ("--query-gpu=name,driver_version,memory.total,memory.used,"
+                                                       "clocks.max.sm,power.limit,temperature.gpu"),
+                                        "--format=csv,noheader"])
         info["nvidia_smi_topology"] = _command(["nvidia-smi", "-L"])
     return info
 
@@ -86,14 +87,14 @@ def matmul(cpu: bool) -> dict:
     return {"dtype": str(dtype).removeprefix("torch."), "tflops_by_size": results, "tflops": max(results.values())}
 
 
-def _sync(device) -> None:  # noqa: ANN001
+def _sync(device) -> None:
     import torch
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _pipeline(cpu: bool, dtype_name: str):  # noqa: ANN202
+def _pipeline(cpu: bool, dtype_name: str):
     import torch
 
     from dossr_cli.networks.config import ModelConfig
@@ -127,7 +128,7 @@ def tiled_4096(cpu: bool) -> dict:
             torch.cuda.reset_peak_memory_stats(pipe.device)
         started = time.perf_counter()
         out = pipe.upscale_tensor(lq, steps=1, seeds=[0], tile_size=tile, max_memory=budget,
-                                  tile_callback=lambda done, total: tiles.append(total))
+                                  tile_callback=lambda done, total, tiles=tiles: tiles.append(total))
         seconds = time.perf_counter() - started
         run = {"seconds": round(seconds, 2), "solver_tiles": max(tiles, default=1), "output": list(out.shape[-2:]),
                "finite": bool(torch.isfinite(out).all())}

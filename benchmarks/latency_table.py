@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from dossr_cli.bench import run_bench
-from dossr_cli.networks.config import ModelConfig
 from dossr_cli.devices import resolve_device, resolve_dtype
+from dossr_cli.networks.config import ModelConfig
 from dossr_cli.pipeline import DoSSRPipeline
 from dossr_cli.random_weights import fast_random_networks, tiny_config
 

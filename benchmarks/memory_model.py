@@ -35,9 +35,9 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dossr_cli.networks.config import ModelConfig  # noqa: E402
-from dossr_cli.random_weights import tiny_config  # noqa: E402
-from dossr_cli.tile_parking import HostParking  # noqa: E402
+from dossr_cli.networks.config import ModelConfig
+from dossr_cli.random_weights import tiny_config
+from dossr_cli.tile_parking import HostParking
 
 GiB = 1 << 30
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -57,7 +57,7 @@ class LiveBytes(TorchDispatchMode):
         self.live = self.peak = 0
         self.stage_peaks: dict[str, int] = {}
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if not self._untracked:
             for t in tree_leaves(out):
@@ -102,7 +102,7 @@ class FusedAttention(TorchFunctionMode):
         super().__init__()
         self.device_type = device_type
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is not F.scaled_dot_product_attention or len(args) != 3 or kwargs:
             return func(*args, **kwargs)
@@ -114,7 +114,7 @@ class FusedAttention(TorchFunctionMode):
         return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, False)[0]
 
 
-def meta_pipeline(config: ModelConfig, dtype: torch.dtype, shared_encoder: bool = False):  # noqa: ANN201
+def meta_pipeline(config: ModelConfig, dtype: torch.dtype, shared_encoder: bool = False):
     """A DoSSRPipeline whose networks live on the meta device. Built field by field as __init__ does,
     less its byte comparison of the two encoders (meta tensors have no bytes): `shared_encoder` says."""
     from dossr_cli.networks import DoSSRNetworks

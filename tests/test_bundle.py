@@ -86,14 +86,14 @@ def _with_header(data: bytes, header: dict) -> bytes:
     return len(raw).to_bytes(8, "little") + raw + data[8 + length:]
 
 
-def _edit_header(bundle: Path, edit) -> None:  # noqa: ANN001
+def _edit_header(bundle: Path, edit) -> None:
     data = (bundle / "preprocessor.safetensors").read_bytes()
     _, header = _header(data)
     edit(header)
     _resign(bundle, "preprocessor.safetensors", _with_header(data, header))
 
 
-def _edit_config(bundle: Path, edit) -> None:  # noqa: ANN001
+def _edit_config(bundle: Path, edit) -> None:
     config = json.loads((bundle / "dossr.json").read_text())
     config = edit(config) or config
     (bundle / "dossr.json").write_text(json.dumps(config))

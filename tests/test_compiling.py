@@ -18,8 +18,16 @@ from conftest import smooth_image, to_tensor
 from cudagraph_emulation import OVERWRITTEN, CudaGraphOwnership
 from torch._inductor import cudagraph_trees
 
-from dossr_cli.compiling import (CACHE_ENV, SHAPES_PER_BLOCK, compile_cache_dir, compile_networks, compile_regions,
-                                 recompile_limits, step_boundaries, use_disk_cache)
+from dossr_cli.compiling import (
+    CACHE_ENV,
+    SHAPES_PER_BLOCK,
+    compile_cache_dir,
+    compile_networks,
+    compile_regions,
+    recompile_limits,
+    step_boundaries,
+    use_disk_cache,
+)
 from dossr_cli.devices import channels_last_default
 from dossr_cli.pipeline import DoSSRPipeline, latent_tile_plan
 from dossr_cli.random_weights import random_networks

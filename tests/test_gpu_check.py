@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 sys.path.insert(0, str(REPO / "benchmarks"))
-from gpu_check import SLEEP_ENV, plan  # noqa: E402 - benchmarks/ is not a package
+from gpu_check import SLEEP_ENV, plan
 
 # CPU mode: the parts that need a GPU, or minutes, are skipped; every other part runs.
 CPU_SKIPPED = {p.name for p in plan(cpu=True, out=Path(".")) if p.gpu_only}

@@ -214,8 +214,8 @@ def test_the_same_command_gives_the_same_image_under_any_roomy_budget(networks):
     assert torch.equal(huge, moderate) and torch.equal(huge, tiled) and said_huge == said_moderate == []
     pipe.auto_tile = 128
     small, said_small = auto(one_tile)
-    assert said_small == [f"{devices.memory_text(one_tile)} of memory is too little for one tile; using 64-pixel "
-                          "tiles, so the output differs from a machine with more memory"]
+    assert said_small == [(f"{devices.memory_text(one_tile)} of memory is too little for one tile; using 64-pixel "
+                           "tiles, so the output differs from a machine with more memory")]
     assert torch.equal(small, tiled)
 
 

@@ -8,6 +8,7 @@ it every weight must be a finite float of plausible size: nothing is written oth
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
 import warnings
@@ -114,7 +115,7 @@ def check_plausible_values(state: dict[str, torch.Tensor], path: Path) -> None:
             continue
         low, high = (float(v) for v in torch.aminmax(value.detach()))
         largest = max(-low, high)
-        if largest != largest or largest == float("inf"):  # NaN propagates through aminmax
+        if not math.isfinite(largest):  # NaN propagates through aminmax
             problem = "holds NaN or infinite values"
         elif largest > MAX_ABS_WEIGHT:
             problem = f"holds values up to {largest:.3g}, far beyond any trained weight (limit {MAX_ABS_WEIGHT:g})"

@@ -22,7 +22,6 @@ from dossr_cli.batch.journal import JOURNAL_NAME
 
 from .helpers import batch_summary, decode, dossr_command, files_in, save, smooth_image, subprocess_env
 
-
 BROUGHT_DOWN_TWO = ("brought down 2 runs (killed or out of memory while processing it); run it alone with "
                     "--debug or raise limits")
 
@@ -160,8 +159,8 @@ def test_a_full_disk_stops_the_run_with_its_summary_and_the_rerun_finishes(tiny_
     # already full: one line, and no journal (not even an empty one) left behind
     code, _, stderr = run("full")
     assert code == 1 and error_lines(stderr) == [
-        f"dossr: error: disk full writing {out / JOURNAL_NAME}: free space and run the same command again; finished "
-        "images are kept"]
+        (f"dossr: error: disk full writing {out / JOURNAL_NAME}: free space and run the same command again; "
+         "finished images are kept")]
     assert files_in(kept / "full") == {".filler"}
 
     # full while it runs: the summary, one line naming the file, nothing half-written, the journal consistent
