@@ -87,6 +87,54 @@ def free_everything(url: str, log: Path | None, timeout: float = 60) -> None:
     print("free: POST /free released the DoSSR model")
 
 
+def check_progress_and_interrupt(url: str, workflow: dict, steps: int = 40, stop_after: int = 2) -> None:
+    """Run the workflow with more steps, listening on ComfyUI's websocket: the DoSSR node's progress
+    must rise step by step, and POST /interrupt after step `stop_after` must stop it before the end."""
+    import asyncio
+
+    import aiohttp  # ComfyUI's own requirement
+
+    from dossr_cli.comfyui.nodes import PROGRESS_PER_STEP
+
+    prompt = json.loads(json.dumps(workflow))
+    (node_id,) = [key for key, node in prompt.items() if node["class_type"] == "DoSSRUpscale"]
+    prompt[node_id]["inputs"].update(steps=steps, seed=prompt[node_id]["inputs"]["seed"] + 1)
+
+    async def run() -> tuple[list[int], float]:
+        client_id = uuid.uuid4().hex
+        async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/ws?clientId={client_id}") as socket:
+            async with session.post(f"{url}/prompt", json={"prompt": prompt, "client_id": client_id}) as answer:
+                answer.raise_for_status()
+            values: list[int] = []
+            interrupted_at = None
+            async for message in socket:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue  # previews are binary
+                event = json.loads(message.data)
+                data = event.get("data", {})
+                if event["type"] == "progress" and data.get("node") == node_id:
+                    values.append(data["value"])
+                    if interrupted_at is None and data["value"] >= stop_after * PROGRESS_PER_STEP:
+                        interrupted_at = time.monotonic()
+                        async with session.post(f"{url}/interrupt", json={}) as answer:
+                            answer.raise_for_status()
+                elif event["type"] == "execution_interrupted":
+                    return values, time.monotonic() - (interrupted_at or time.monotonic())
+                elif event["type"] in ("execution_success", "execution_error"):
+                    raise SystemExit(f"the run ended with {event['type']} instead of stopping at the interrupt")
+        raise SystemExit("ComfyUI's websocket closed before the run ended")
+
+    values, seconds = asyncio.run(asyncio.wait_for(run(), 600))
+    total = steps * PROGRESS_PER_STEP
+    whole_steps = sorted({v // PROGRESS_PER_STEP for v in values if v % PROGRESS_PER_STEP == 0 and v})
+    if values != sorted(values) or whole_steps[:stop_after] != list(range(1, stop_after + 1)):
+        raise SystemExit(f"the progress did not rise step by step: {values}")
+    if max(values) >= total:
+        raise SystemExit("the run went to its end despite the interrupt")
+    print(f"progress: {len(values)} updates on the DoSSR node, steps {whole_steps} of {steps} done; "
+          f"POST /interrupt stopped it {seconds:.2f} s later, at {max(values) / PROGRESS_PER_STEP:.0f} steps")
+
+
 def check_page(url: str, ui_workflow: Path, api_workflow: dict, weights: str, screenshot: Path) -> None:
     """Load the UI-format workflow in ComfyUI's own page: it must give the API-format one; then run it
     there and take a picture of the page."""
@@ -181,6 +229,7 @@ def main() -> None:
           f"max difference {diff.max()}/255, {np.count_nonzero(diff)} of {diff.size} values differ")
     if diff.max() > 1:  # SaveImage truncates where dossr rounds: one level at most
         raise SystemExit("the node's image is not dossr upscale's")
+    check_progress_and_interrupt(args.url, workflow)
     print("e2e: PASS")
 
 
