@@ -4,8 +4,9 @@
 #   integrations/comfyui/e2e.sh /path/to/ComfyUI
 #
 # PYTHON is the python that runs ComfyUI, with ComfyUI's requirements installed (default: python3);
-# PORT the port it listens on, on 127.0.0.1 (default 8199). The script installs this repository into
-# that python (pip install -e), links the pack into custom_nodes/, puts tiny random-weight networks
+# PORT the port it listens on, on 127.0.0.1 (default 8199); SCREENSHOT=file.png also drives ComfyUI's
+# page in Chromium (Playwright in that python): the UI workflow loaded, run there, and pictured.
+# The script installs this repository into that python (pip install -e), links the pack into custom_nodes/, puts tiny random-weight networks
 # (the real layouts, small widths) in models/dossr/, starts ComfyUI with --cpu, posts the example
 # workflow to /prompt, waits for /history and checks the saved image against `dossr upscale`.
 set -euo pipefail
@@ -45,10 +46,9 @@ PY
 "$python" "$comfy/main.py" --cpu --listen 127.0.0.1 --port "$port" --disable-auto-launch \
     --input-directory "$work/input" --output-directory "$work/output" > "$work/comfyui.log" 2>&1 &
 server=$!
-if ! "$python" "$here/e2e_check.py" --url "http://127.0.0.1:$port" --workflow "$here/example_workflows/dossr_upscale_api.json" \
+if ! "$python" "$here/e2e_check.py" --url "http://127.0.0.1:$port" --workflow "$here/dossr_upscale_api.json" \
         --weights e2e-tiny --input "$work/input/dossr_example.png" --output-dir "$work/output" \
-        --bundle "$comfy/models/dossr/e2e-tiny" --log "$work/comfyui.log" ${SCREENSHOT:+--screenshot "$SCREENSHOT"} \
-        ${UI_WORKFLOW:+--ui-workflow "$here/example_workflows/dossr_upscale.json"}; then
+        --bundle "$comfy/models/dossr/e2e-tiny" --log "$work/comfyui.log" ${SCREENSHOT:+--screenshot "$SCREENSHOT"}; then
     echo "--- ComfyUI's log:" >&2
     tail -n 60 "$work/comfyui.log" >&2
     exit 1

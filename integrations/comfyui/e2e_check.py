@@ -50,6 +50,15 @@ def check_object_info(info: dict) -> None:
           f"category {upscale['category']}")
 
 
+def check_templates(url: str, pack: str = "dossr") -> None:
+    """ComfyUI offers the pack's example workflow among its templates."""
+    templates = get(f"{url}/workflow_templates")
+    if templates.get(pack) != ["dossr_upscale"]:
+        raise SystemExit(f"ComfyUI's templates list {templates.get(pack)} for the pack {pack!r}")
+    workflow = get(f"{url}/api/workflow_templates/{pack}/dossr_upscale.json")
+    print(f"templates: ComfyUI offers {pack}/dossr_upscale ({len(workflow['nodes'])} nodes)")
+
+
 def run_prompt(url: str, prompt: dict, timeout: float = 600) -> dict:
     body = json.dumps({"prompt": prompt, "client_id": uuid.uuid4().hex}).encode()
     request = urllib.request.Request(f"{url}/prompt", data=body, headers={"Content-Type": "application/json"})
@@ -186,7 +195,7 @@ def check_page(url: str, ui_workflow: Path, api_workflow: dict, weights: str, sc
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True)
-    parser.add_argument("--workflow", type=Path, required=True, help="the API-format example workflow")
+    parser.add_argument("--workflow", type=Path, required=True, help="the example workflow in API form")
     parser.add_argument("--ui-workflow", type=Path, help="its UI-format twin, loaded in the page (needs --screenshot)")
     parser.add_argument("--weights", required=True, help="the name the loader is given for this run")
     parser.add_argument("--bundle", type=Path, required=True, help="the folder that name is, for dossr upscale")
@@ -197,9 +206,10 @@ def main() -> None:
     args = parser.parse_args()
 
     check_object_info(wait_for_nodes(args.url))
+    check_templates(args.url)
     workflow = json.loads(args.workflow.read_text())
     if args.screenshot:
-        check_page(args.url, args.ui_workflow or args.workflow.with_name("dossr_upscale.json"), workflow,
+        check_page(args.url, args.ui_workflow or args.workflow.parent / "example_workflows" / "dossr_upscale.json", workflow,
                    args.weights, args.screenshot)
     if args.screenshot:  # the page ran it: free ComfyUI's cache and models, so the API run below runs anew
         free_everything(args.url, args.log)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from dossr_cli.comfyui.nodes import NODE_CLASS_MAPPINGS
 
-EXAMPLES = Path(__file__).parents[2] / "integrations" / "comfyui" / "example_workflows"
+PACK = Path(__file__).parents[2] / "integrations" / "comfyui"
+EXAMPLES = PACK / "example_workflows"  # ComfyUI offers every file here as a template: the UI form only
 LINK_TYPES = {"DOSSR_MODEL", "IMAGE", "MASK"}
 # ComfyUI's own nodes in the workflow: their widgets in order (None: a widget the API does not carry)
 COMFYUI_WIDGETS = {"LoadImage": ["image", None], "SaveImage": ["filename_prefix"]}
@@ -44,7 +45,7 @@ def as_api(ui: dict) -> dict:
 
 def test_the_ui_workflow_is_the_api_workflow():
     ui = json.loads((EXAMPLES / "dossr_upscale.json").read_text())
-    api = json.loads((EXAMPLES / "dossr_upscale_api.json").read_text())
+    api = json.loads((PACK / "dossr_upscale_api.json").read_text())
     assert as_api(ui) == api
     upscale = next(node for node in ui["nodes"] if node["type"] == "DoSSRUpscale")
     seed_at = widget_names("DoSSRUpscale").index("seed")
@@ -52,7 +53,7 @@ def test_the_ui_workflow_is_the_api_workflow():
 
 
 def test_the_example_uses_every_input_at_its_default():
-    api = json.loads((EXAMPLES / "dossr_upscale_api.json").read_text())
+    api = json.loads((PACK / "dossr_upscale_api.json").read_text())
     for node in api.values():
         if node["class_type"] not in NODE_CLASS_MAPPINGS:
             continue
