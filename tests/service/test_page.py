@@ -116,6 +116,13 @@ def test_upscale_compare_and_download(server: Server, page: Page) -> None:
         expect(card.get_by_test_id("cancel")).to_be_hidden()
     expect(first.get_by_test_id("card-name")).to_have_text("gradient.png")
     expect(first.get_by_test_id("status")).to_contain_text("96×64 png")
+    # how far to trust it: the job's own numbers; random weights depart from the input, so it is flagged, saying why
+    trust = requests.get(f"{server.url}v1/jobs/{first.get_attribute('data-job-id')}", timeout=30).json()["trust"]
+    assert trust["flagged"] and trust["flag_reasons"]
+    expect(first.get_by_test_id("trust")).to_have_text(
+        f"check this one: {'; '.join(trust['flag_reasons'])} · invented detail {trust['invented_rms']:.3f} RMS")
+    expect(first.get_by_test_id("trust")).to_have_class("trust flagged")
+    expect(first).to_have_attribute("data-flagged", "true")
     seen = [text for text in page.evaluate("statusHistory")]
     order = ["uploading", "queued", "running", "step 1 of 1"]
     for text in order:

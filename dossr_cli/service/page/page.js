@@ -222,7 +222,22 @@ async function showResult(card, job, started) {
   link.download = name;
   link.textContent = `Download ${name}`;
   link.hidden = false;
+  showTrust(card, job.trust);
   showComparison(card, url, width, height);
+}
+
+// How far to trust the result (dossr_cli/trust.py): a flagged image says why, so it is checked first.
+function showTrust(card, trust) {
+  if (!trust) return;
+  const line = $('[data-testid="trust"]', card.node);
+  const invented = `invented detail ${trust.invented_rms.toFixed(3)} RMS`;
+  const departure = `departs from the input: ${trust.departure_psnr_db.toFixed(1)} dB PSNR, ` +
+    `${(trust.departure_share * 100).toFixed(1)}% of pixels`;
+  line.textContent = trust.flagged ? `check this one: ${trust.flag_reasons.join("; ")} · ${invented}`
+    : `${departure} · ${invented}`;
+  line.classList.toggle("flagged", trust.flagged);
+  card.node.dataset.flagged = String(trust.flagged);
+  line.hidden = false;
 }
 
 // ---- before/after comparison: the input stretched to the output's size, a divider to drag ----
