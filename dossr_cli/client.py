@@ -8,6 +8,7 @@ own `{"error": ...}` text for everything else (`ServerError`, which keeps the HT
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ READ_TIMEOUT = 60.0  # seconds of silence on a socket; the event stream pings ev
 WAIT_TIMEOUT = 3600.0  # POST /v1/upscale holds the answer until the job ends (the server's own limit is shorter)
 TERMINAL_EVENTS = ("done", "failed", "cancelled")
 RECONNECTS = 3  # times a broken event stream is picked up again (from the last event id)
+QUEUE_WAIT = 600.0  # seconds a submission waits for room in a full queue (429) before it gives up
 OPTIONS = ("scale", "width", "height", "steps", "order", "t1", "seed", "color_fix", "format", "quality", "metadata",
            "tile_size", "tile_overlap")
 
@@ -30,9 +32,10 @@ ProgressCallback = Callable[[int, int, int, int], None]  # step, steps, tile, ti
 class ServerError(DossrError):
     """The server answered with an error: `status` is the HTTP status, the message its one-line reason."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after  # seconds, from a 429's Retry-After
 
 
 class ServerUnavailable(DossrError):
@@ -57,12 +60,14 @@ class Result:
 class Client:
     """One server at `url` (e.g. http://127.0.0.1:8000/), with its token if it has one; keeps connections alive."""
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = READ_TIMEOUT) -> None:
+    def __init__(self, url: str, token: str | None = None, timeout: float = READ_TIMEOUT,
+                 queue_wait: float = QUEUE_WAIT) -> None:
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"the server's address must start with http:// or https://; got {url!r}")
         self.url = url.rstrip("/") + "/"
         self.token = token or None
         self.timeout = timeout
+        self.queue_wait = queue_wait
         self.session = requests.Session()
         if self.token:
             self.session.headers["Authorization"] = f"Bearer {self.token}"
@@ -78,10 +83,27 @@ class Client:
     def model(self) -> dict[str, Any]:
         return self._request("GET", "v1/model").json()
 
-    def submit(self, data: bytes, filename: str | None = None, **options: Any) -> dict[str, Any]:
+    def submit(self, data: bytes, filename: str | None = None, on_wait: Callable[[str], None] | None = None,
+               **options: Any) -> dict[str, Any]:
         """Queue an image (POST /v1/jobs); the job's JSON. The format, unless given, is the one `filename`'s
-        extension names, else the image's own."""
-        return self._request("POST", "v1/jobs", files=_files(data, filename), data=_form(options)).json()
+        extension names, else the image's own.
+
+        A full queue (429) is waited out as the server's Retry-After asks, for up to `queue_wait` seconds,
+        so that a loop of clients slows down instead of failing; `on_wait` hears it once."""
+        deadline = time.monotonic() + self.queue_wait
+        while True:
+            try:
+                return self._request("POST", "v1/jobs", files=_files(data, filename), data=_form(options)).json()
+            except ServerError as error:
+                if error.status != 429:
+                    raise
+                wait = min(max(error.retry_after or 1.0, 0.1), 60.0)
+                if time.monotonic() + wait > deadline:
+                    raise ServerError(429, f"{error}; it stayed full for {self.queue_wait:g} s") from None
+                if on_wait is not None:
+                    on_wait(f"the server's queue is full: waiting for room (trying every {wait:g} s)")
+                    on_wait = None
+                time.sleep(wait)
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._request("GET", f"v1/jobs/{job_id}").json()
@@ -126,7 +148,7 @@ class Client:
 
         The result is then discarded on the server, which would otherwise keep it for its --result-ttl.
         An interruption (Ctrl-C) cancels the job on the server before it goes on up."""
-        job = self.submit(data, filename, **options)
+        job = self.submit(data, filename, on_wait=on_note, **options)
         try:
             end = self._follow(job["id"], on_progress, on_note)
             if end["status"] != "done":
@@ -183,7 +205,7 @@ class Client:
         if response.status_code == 401:
             raise ServerUnavailable("the server wants a token: pass --token or set DOSSR_TOKEN" if not self.token
                                     else "the server refused the token: check --token or DOSSR_TOKEN")
-        raise ServerError(response.status_code, message)
+        raise ServerError(response.status_code, message, _seconds(response.headers.get("Retry-After")))
 
 
 def parse_sse(chunks: Iterable[bytes]) -> Iterator[tuple[int, str, str]]:
@@ -241,6 +263,14 @@ def _error_text(response: requests.Response) -> str:
     if isinstance(message, str) and message.strip():
         return _one_line(message)
     return f"the server answered {response.status_code} {response.reason or ''}".rstrip()
+
+
+def _seconds(text: str | None) -> float | None:
+    """Retry-After in seconds (the HTTP-date form is not one our server sends)."""
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def _attachment_name(disposition: str) -> str | None:

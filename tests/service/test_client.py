@@ -6,10 +6,12 @@ same bytes, prints the same lines and exits with the same codes as a local run.
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +54,12 @@ def no_inherited_server(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def local(weights: str, *args: object, stdin: bytes | None = None):
     return run_in_process(["upscale", *map(str, args), "--weights", weights], stdin)
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def remote(url: str, *args: object, stdin: bytes | None = None):
@@ -256,3 +264,27 @@ def test_sse_parser_follows_the_standard():
     chunks = [b": ping\r\n\r\nid: 1\r", b"\nevent: queued\r\ndata: {\"a\":\r\ndata:1}\r\n\r\n",
               b"event: empty\n\n", b"id:2\nevent:progress\ndata: {}\n", b"\nid: 3\rdata: x\r\r", b"data: cut"]
     assert list(parse_sse(chunks)) == [(1, "queued", '{"a":\n1}'), (2, "progress", "{}"), (3, "message", "x")]
+
+
+def test_a_full_queue_is_waited_out_not_failed(weights: str, tmp_path: Path):
+    """A shell loop of clients against a busy server slows down instead of failing: a 429 is retried
+    as the server's Retry-After asks (5 s), and the image is done once there is room."""
+    server = start_server(weights, tmp_path, "--max-queue", "1")
+    try:
+        blocker = server.post("/v1/jobs", png(smooth_image(60, 60)), filename="long.png", steps=200).json()
+        assert server.post("/v1/jobs", png(smooth_image(8, 8))).status_code == 429  # the queue is full
+        threading.Timer(2.0, server.delete, args=(f"/v1/jobs/{blocker['id']}",)).start()
+        source = save(smooth_image(16, 12), tmp_path / "in.png")
+        result = remote(server.url, source, "-o", tmp_path / "out.png", "--steps", "1")
+        assert result.code == 0, result.stderr
+        assert (f"dossr: note: {source}: the server's queue is full: waiting for room (trying every 5 s)"
+                in result.stderr.splitlines())
+        assert Image.open(tmp_path / "out.png").size == (48, 64)
+        gave_up = Client(server.url, queue_wait=0.5)
+        busy = server.post("/v1/jobs", png(smooth_image(60, 60)), filename="long.png", steps=200).json()
+        with pytest.raises(ServerError, match=r"queue is full.*; it stayed full for 0.5 s$") as error:
+            gave_up.submit(png(smooth_image(8, 8)))
+        assert error.value.status == 429
+        server.delete(f"/v1/jobs/{busy['id']}")
+    finally:
+        assert stop_server(server.process) == 0
