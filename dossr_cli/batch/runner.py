@@ -96,7 +96,10 @@ def plan(root: Path, outdir: Path, sources: list[Path], params: UpscaleParams, m
         except OSError as error:
             known.append(Outcome(rel, "failed", f"cannot read: {error.strerror or error}"))
             continue
-        if journal.is_done(rel, sha, key, output):
+        compare = None if compare_dir is None else compare_dir / Path(rel).parent / f"{source.stem}_compare.png"
+        trust_map = None if trust_map_dir is None else trust_map_dir / Path(rel).parent / f"{source.stem}_trust.png"
+        # done, unless this run asks for a picture that the run which did it did not make: only the pixels make it
+        if journal.is_done(rel, sha, key, output) and all(p is None or p.is_file() for p in (compare, trust_map)):
             known.append(Outcome(rel, "skipped", str(output)))
             continue
         entry = journal.get(rel)
@@ -104,8 +107,6 @@ def plan(root: Path, outdir: Path, sources: list[Path], params: UpscaleParams, m
             known.append(Outcome(rel, "failed", entry.error or claims.crash_reason(entry.crashes)))
             continue
         crashes = entry.crashes if entry is not None and entry.content_sha256 == sha else 0
-        compare = None if compare_dir is None else compare_dir / Path(rel).parent / f"{source.stem}_compare.png"
-        trust_map = None if trust_map_dir is None else trust_map_dir / Path(rel).parent / f"{source.stem}_trust.png"
         todo.append((crashes, BatchItem(source, rel, output, compare, sha, trust_map)))
     todo.sort(key=lambda pair: pair[0])  # stable: the sorted order within each count
     return [item for _, item in todo], known

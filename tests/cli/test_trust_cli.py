@@ -94,3 +94,21 @@ def test_batch_trust_map_must_be_a_folder(dossr, tmp_path):
     result = dossr("batch", folder, "-o", tmp_path / "out", "--trust-map", taken)
     assert result.code == 2
     assert "--trust-map" in result.stderr and "folder" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--trust-map", "--compare"])
+def test_a_rerun_asking_for_pictures_makes_them_for_images_already_done(dossr, tmp_path, option):
+    """Done images are skipped, but not a picture asked for now that the run which did them did not make:
+    only their pixels can make it, so they run again (same seed: the same output) and get it."""
+    folder, out, pictures = tmp_path / "photos", tmp_path / "out", tmp_path / "pictures"
+    save(smooth_image(16, 16), folder / "a.png")
+    save(smooth_image(16, 20), folder / "b.png")
+    first = dossr("batch", folder, "-o", out)
+    assert first.code == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    assert dossr("batch", folder, "-o", out, option, pictures).code == 0
+    made = sorted(p.name for p in pictures.glob("*.png"))
+    assert made == (["a_trust.png", "b_trust.png"] if option == "--trust-map" else ["a_compare.png", "b_compare.png"])
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == before  # run again: the same bytes
+    again = dossr("batch", folder, "-o", out, option, pictures)
+    assert again.code == 0 and "0 to do, 2 already done" in again.stderr  # with their pictures: done
