@@ -20,17 +20,15 @@ from local_http import LocalServer, Reply, Request, bytes_reply
 
 from dossr_cli.checkpoint import download as dl
 from dossr_cli.checkpoint.bundle import save_bundle, verify_bundle
-from dossr_cli.checkpoint.download import (
-    DownloadError,
-    OfflineError,
-    download_file,
+from dossr_cli.checkpoint.download import DownloadError, OfflineError, download_file
+from dossr_cli.checkpoint.drive import (
+    DRIVE_ENDPOINT_ENV,
     download_from_drive_folder,
-    download_hf_bundle,
     drive_file_url,
     list_drive_folder,
     parse_drive_folder_view,
-    parse_hf_spec,
 )
+from dossr_cli.checkpoint.hub import download_hf_bundle, parse_hf_spec
 from dossr_cli.random_weights import random_networks
 
 DATA = random.Random(0).randbytes(3 * 1024 * 1024 + 123)
@@ -49,7 +47,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
                  "DOSSR_OFFLINE", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv(dl.DRIVE_ENDPOINT_ENV, "http://127.0.0.1:9")  # the discard port: never Google
+    monkeypatch.setenv(DRIVE_ENDPOINT_ENV, "http://127.0.0.1:9")  # the discard port: never Google
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_TOKEN", "")
@@ -293,7 +291,7 @@ def drive(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
         base: list[str] = []
         server = LocalServer(FakeDrive(base, **options))
         base.append(server.url)
-        monkeypatch.setenv(dl.DRIVE_ENDPOINT_ENV, server.url)
+        monkeypatch.setenv(DRIVE_ENDPOINT_ENV, server.url)
         servers.append(server.__enter__())
         return server
 
@@ -304,9 +302,9 @@ def drive(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
 
 
 def test_drive_file_url_uses_the_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(dl.DRIVE_ENDPOINT_ENV)
+    monkeypatch.delenv(DRIVE_ENDPOINT_ENV)
     assert drive_file_url("1AbCdEfGhIjKlMn") == "https://drive.usercontent.google.com/download?id=1AbCdEfGhIjKlMn&export=download"
-    monkeypatch.setenv(dl.DRIVE_ENDPOINT_ENV, "http://127.0.0.1:1234/")
+    monkeypatch.setenv(DRIVE_ENDPOINT_ENV, "http://127.0.0.1:1234/")
     assert drive_file_url("1AbCdEfGhIjKlMn").startswith("http://127.0.0.1:1234/download?id=1AbCdEfGhIjKlMn")
     with pytest.raises(ValueError, match="Drive file id"):
         drive_file_url("../x")

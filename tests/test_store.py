@@ -18,7 +18,7 @@ from test_download import folder_view_html
 
 from dossr_cli.checkpoint import store
 from dossr_cli.checkpoint.bundle import CONFIG_NAME, load_bundle
-from dossr_cli.checkpoint.download import DRIVE_ENDPOINT_ENV
+from dossr_cli.checkpoint.drive import DRIVE_ENDPOINT_ENV
 from dossr_cli.cli.app import main
 from dossr_cli.errors import WeightsError
 

@@ -118,7 +118,7 @@ def resolve_weights(
             raise WeightsError(f"{path} is neither a bundle folder nor a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
         return import_into_cache(path, progress)
     if spec.startswith("hf:"):
-        from dossr_cli.checkpoint.download import download_hf_bundle, parse_hf_spec
+        from dossr_cli.checkpoint.hub import download_hf_bundle, parse_hf_spec
 
         repo, revision = parse_hf_spec(spec)
         return download_hf_bundle(repo, revision)
@@ -180,15 +180,15 @@ def record_or_check_sha256(file_name: str, sha256: str) -> None:
 
 def download_named(name: str, progress: Callable[[str], None] | None = None, keep_checkpoint: bool = False) -> Path:
     """Fetch a manifest bundle: from DOSSR_HF_REPO when set, else the authors' Drive file + import."""
-    from dossr_cli.checkpoint import download
+    from dossr_cli.checkpoint import drive, hub
     from dossr_cli.checkpoint.importer import import_checkpoint
 
     known = manifest()
     if name not in known:
         raise WeightsNotFoundError(f"unknown weights {name!r}; known: {', '.join(sorted(known))}")
     if os.environ.get("DOSSR_HF_REPO"):
-        repo, revision = download.parse_hf_spec("hf:" + os.environ["DOSSR_HF_REPO"])
-        return download.download_hf_bundle(repo, revision)
+        repo, revision = hub.parse_hf_spec("hf:" + os.environ["DOSSR_HF_REPO"])
+        return hub.download_hf_bundle(repo, revision)
     dest = weights_dir() / name
     if (dest / CONFIG_NAME).is_file():
         return dest
@@ -199,8 +199,8 @@ def download_named(name: str, progress: Callable[[str], None] | None = None, kee
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     if progress:
         progress(f"downloading {source['file']} from {source['url']}")
-    download.download_from_drive_folder(source["folder_id"], source["file"], checkpoint,
-                                        expected_size=source.get("bytes"), expected_sha256=source.get("sha256"))
+    drive.download_from_drive_folder(source["folder_id"], source["file"], checkpoint,
+                                     expected_size=source.get("bytes"), expected_sha256=source.get("sha256"))
     record_or_check_sha256(source["file"], sha256_file(checkpoint))
     if progress:
         progress(f"importing {checkpoint} into {dest}")
