@@ -1,5 +1,6 @@
 """What a non-editable install ships: every package, and the weights manifest."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -23,8 +24,13 @@ def test_the_wheel_ships_the_page_and_manifest_without_setuptools_warnings(tmp_p
     """A built wheel (what `pip install .` installs) holds the web page's files and the weights manifest, and
     setuptools says nothing of packages it would ignore: data folders left out of `packages` are dropped by
     newer setuptools, and the page would then 404 on an installed tool."""
+    source = tmp_path / "source"  # a copy: building in the checkout would leave build/ and stale files there
+    for part in ("dossr_cli", "weights"):
+        shutil.copytree(ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / part, source / part)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
-                            str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+                            str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stdout + built.stderr
     assert "absent from the `packages` configuration" not in built.stdout + built.stderr
     (wheel,) = tmp_path.glob("dossr-*.whl")
