@@ -40,6 +40,15 @@ new MutationObserver((records) => {
     if (element && element.matches('[data-testid=status]')) window.statusHistory.push(element.textContent);
   }
 }).observe(document, { subtree: true, childList: true, characterData: true });
+// object URLs made for zips, and every URL given back: a zip not given back stays in memory all session
+window.zipUrls = []; window.revokedUrls = [];
+const makeUrl = URL.createObjectURL, revokeUrl = URL.revokeObjectURL;
+URL.createObjectURL = (blob) => {
+  const url = makeUrl(blob);
+  if (blob.type === "application/zip") window.zipUrls.push(url);
+  return url;
+};
+URL.revokeObjectURL = (url) => { window.revokedUrls.push(url); revokeUrl(url); };
 """
 
 
@@ -172,6 +181,11 @@ def test_upscale_compare_and_download(server: Server, page: Page) -> None:
         assert archive.read("gradient_x4.png") == data
         assert archive.read("tall_x4.png") == job_result(server, cards.nth(1))
         assert Image.open(io.BytesIO(archive.read("tall_x4.png"))).size == (48, 80)
+    # each zip is made afresh and given back once its download has started
+    with page.expect_download():
+        page.get_by_test_id("download-all").click()
+    page.wait_for_function("window.zipUrls.length === 2 && window.zipUrls.every(u => window.revokedUrls.includes(u))",
+                           timeout=10_000)
 
 
 def test_an_undecodable_file_shows_the_servers_error(server: Server, page: Page) -> None:

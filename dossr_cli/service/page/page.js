@@ -312,6 +312,8 @@ function downloadAll() {
     document.body.append(link);
     link.click();
     link.remove();
+    // the download has its own copy once started: give the zip back, or each click keeps one in memory
+    setTimeout(() => URL.revokeObjectURL(link.href), 1000);
   });
 }
 
