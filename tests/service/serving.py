@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
@@ -15,6 +16,18 @@ import requests
 
 READY = re.compile(r"serving on (http://[^ ]+/)")
 REPO = Path(__file__).resolve().parents[2]
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_prctl = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None  # looked up before any fork
+
+
+def die_with_parent() -> None:
+    """For Popen's preexec_fn: the kernel sends the child SIGTERM when the test process dies, even by SIGKILL
+    (a timed-out CI job), so no server is left holding its port and model after the tests are gone.
+    One system call after fork, no import and no lock: safe beside the test process's threads."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -66,7 +79,7 @@ def start_server(weights: str, folder: Path, *args: str, token: str | None = Non
     with open(log, "wb") as sink:
         process = subprocess.Popen([sys.executable, "-m", "dossr_cli", "serve", "--weights", weights, "--port", "0",
                                     *args], stdout=subprocess.DEVNULL, stderr=sink, env=env,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=die_with_parent)  # noqa: PLW1509
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     server = Server("", process, log, weights, token, headers)
     return wait_until_serving(server, timeout) if wait else server
