@@ -139,7 +139,7 @@ def pipeline_peaks(config: ModelConfig, size: int, tile: int | None, overlap: in
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
     from dossr_cli.colorfix import color_fix
-    from dossr_cli.pipeline import latent_tile_plan, reflect_pad_to_multiple
+    from dossr_cli.geometry import latent_tile_plan, reflect_pad_to_multiple
     from dossr_cli.schedule import DEFAULT_T1, coefficient_table
     from dossr_cli.solver import dos_sde_sample, eps_to_data_prediction
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from dossr_cli import imageio, trust
-from dossr_cli.pipeline import lanczos_resize
+from dossr_cli.geometry import lanczos_resize
 
 y, x = np.mgrid[0:64, 0:64].astype(np.float32)
 lr = np.stack([x / 63, y / 63, 0.3 + 0.5 * ((x > 20) & (x < 28))], axis=2).astype(np.float32)

@@ -1,7 +1,7 @@
 """How far to trust one output: its departure from the input, and the detail the diffusion invented.
 
 Departure: the output taken back to the input's size with the pipeline's own antialiased resize
-(`pipeline.lanczos_resize`: PIL's Lanczos, per channel, in float) and compared with the input taken
+(`geometry.lanczos_resize`: PIL's Lanczos, per channel, in float) and compared with the input taken
 through the same round trip (enlarged to the output's size, then back). Comparing against the round
 trip rather than the input itself removes the filter's own loss, so a plain Lanczos enlargement departs
 by exactly nothing, and every decibel lost is the model's. PSNR is in the input's domain ([0, 1] RGB,
@@ -76,7 +76,7 @@ def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
 def _resize_hwc(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     import torch  # here, not above: the command line reads this module's defaults before it may load torch
 
-    from dossr_cli.pipeline import lanczos_resize
+    from dossr_cli.geometry import lanczos_resize
 
     chw = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
     return lanczos_resize(chw, size)[0].permute(1, 2, 0).numpy().clip(0, 1)

@@ -29,7 +29,8 @@ from dossr_cli.compiling import (
     use_disk_cache,
 )
 from dossr_cli.devices import channels_last_default
-from dossr_cli.pipeline import DoSSRPipeline, latent_tile_plan
+from dossr_cli.geometry import latent_tile_plan
+from dossr_cli.pipeline import DoSSRPipeline
 from dossr_cli.random_weights import random_networks
 from dossr_cli.schedule import coefficient_table
 from dossr_cli.solver import dos_sde_sample, eps_to_data_prediction

@@ -13,8 +13,9 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dossr_cli.bench import network_flops
+from dossr_cli.geometry import latent_tile_plan
 from dossr_cli.networks.config import ModelConfig
-from dossr_cli.pipeline import DoSSRPipeline, latent_tile_plan
+from dossr_cli.pipeline import DoSSRPipeline
 from dossr_cli.random_weights import random_networks
 from dossr_cli.schedule import coefficient_table
 from dossr_cli.solver import dos_sde_sample, eps_to_data_prediction

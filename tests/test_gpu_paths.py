@@ -14,7 +14,8 @@ from conftest import smooth_image, to_tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dossr_cli import devices
-from dossr_cli.pipeline import DoSSRPipeline, latent_tile_plan
+from dossr_cli.geometry import latent_tile_plan
+from dossr_cli.pipeline import DoSSRPipeline
 from dossr_cli.random_weights import random_networks
 from dossr_cli.schedule import coefficient_table
 from dossr_cli.solver import dos_sde_sample, eps_to_data_prediction

@@ -9,7 +9,8 @@ from conftest import smooth_image, to_tensor
 from PIL import Image
 
 from dossr_cli.colorfix import wavelet_low_frequency
-from dossr_cli.pipeline import DoSSRPipeline, output_size, reflect_pad_to_multiple
+from dossr_cli.geometry import output_size, reflect_pad_to_multiple
+from dossr_cli.pipeline import DoSSRPipeline
 from dossr_cli.random_weights import random_networks
 
 
@@ -100,7 +101,7 @@ def test_output_size_rounds_up():
 
 
 def test_lanczos_downscale_keeps_a_flat_image_flat(tiny_pipeline):
-    from dossr_cli.pipeline import lanczos_resize
+    from dossr_cli.geometry import lanczos_resize
 
     flat = torch.full((1, 3, 64, 64), 0.25)
     assert torch.allclose(lanczos_resize(flat, (20, 20)), torch.tensor(0.25), atol=1e-5)

@@ -8,7 +8,7 @@ from conftest import smooth_image, to_tensor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dossr_cli.pipeline import latent_tile_plan
+from dossr_cli.geometry import latent_tile_plan
 from dossr_cli.tiling import TiledPlan, axis_starts, blend_weights, plan_tiles, run_tiled
 
 

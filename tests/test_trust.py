@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dossr_cli import trust
-from dossr_cli.pipeline import lanczos_resize
+from dossr_cli.geometry import lanczos_resize
 
 
 def lanczos(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:

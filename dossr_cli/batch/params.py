@@ -99,7 +99,7 @@ class UpscaleParams:
 
     @property
     def pipeline_tile_overlap(self) -> int:
-        from dossr_cli.pipeline import DEFAULT_TILE_OVERLAP  # the pipeline halves it for tiles that cannot hold it
+        from dossr_cli.geometry import DEFAULT_TILE_OVERLAP  # the pipeline halves it for tiles that cannot hold it
 
         return DEFAULT_TILE_OVERLAP if self.tile_overlap is None else self.tile_overlap
 
@@ -116,7 +116,7 @@ class UpscaleParams:
             return max(1, round(height * self.width / width)), self.width
         if self.height is not None:
             return self.height, max(1, round(width * self.height / height))
-        from dossr_cli.pipeline import output_size
+        from dossr_cli.geometry import output_size
 
         return output_size(height, width, self.scale)
 

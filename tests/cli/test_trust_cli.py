@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from dossr_cli.batch.job import UpscaleParams, run_job
-from dossr_cli.pipeline import DoSSRPipeline, lanczos_resize
+from dossr_cli.geometry import lanczos_resize
+from dossr_cli.pipeline import DoSSRPipeline
 from dossr_cli.trust import LEGEND_WIDTH, MAX_PSNR_DB
 
 from .helpers import decode, save, smooth_image

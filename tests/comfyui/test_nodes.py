@@ -19,7 +19,7 @@ from dossr_cli.checkpoint.store import WeightsNotFoundError
 from dossr_cli.comfyui import nodes
 from dossr_cli.comfyui.nodes import NODE_CLASS_MAPPINGS, PROGRESS_PER_STEP, DoSSRModelLoader, DoSSRUpscale
 from dossr_cli.errors import DossrError
-from dossr_cli.pipeline import DEFAULT_TILE_OVERLAP
+from dossr_cli.geometry import DEFAULT_TILE_OVERLAP
 
 from .test_layout import load_image_like_comfyui, rgba_png
 
