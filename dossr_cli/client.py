@@ -104,6 +104,9 @@ class Client:
                     on_wait(f"the server's queue is full: waiting for room (trying every {wait:g} s)")
                     on_wait = None
                 time.sleep(wait)
+                # The server may close the idle kept-alive connection just as the wait ends (uvicorn's
+                # keep-alive is as long as a Retry-After); a connection lost that way is a lost image.
+                self.session.close()
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._request("GET", f"v1/jobs/{job_id}").json()

@@ -142,7 +142,7 @@ def run_server(pipe: Any, limits: Any, model: dict[str, Any], token: str | None,
     """uvicorn on the app until a signal; the queue told first, so that nothing new starts while it drains."""
     import uvicorn
 
-    from dossr_cli.service.app import create_app
+    from dossr_cli.service.app import IDLE_CONNECTION_SECONDS, create_app
     from dossr_cli.service.jobs import JobQueue
 
     queue = JobQueue(pipe, batch_size, limits.max_queue, limits.request_timeout, result_ttl)
@@ -168,7 +168,7 @@ def run_server(pipe: Any, limits: Any, model: dict[str, Any], token: str | None,
     logging.getLogger("dossr.service").addHandler(logging.StreamHandler())
     config = uvicorn.Config(app, host=host.strip("[]"), port=port, log_level="info" if debug else "warning",
                             access_log=debug, timeout_graceful_shutdown=int(shutdown_grace) + STEP_ALLOWANCE,
-                            lifespan="off")
+                            timeout_keep_alive=IDLE_CONNECTION_SECONDS, lifespan="off")
     Server(config).run()
     queue.shutdown(shutdown_grace)
     say("dossr: stopped", quiet)

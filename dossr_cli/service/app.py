@@ -31,6 +31,8 @@ from dossr_cli.service.options import Limits
 
 PAGE = Path(__file__).with_name("page")
 KEEPALIVE_SECONDS = 15.0
+RETRY_AFTER = 5  # seconds a client refused for a full queue (429) is asked to wait
+IDLE_CONNECTION_SECONDS = 30  # a kept-alive connection outlives a Retry-After, so the retry never races its close
 FORM_ALLOWANCE = 64 << 10  # a body may pass the upload limit by this much: the form's fields and boundaries
 MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "tiff": "image/tiff", "bmp": "image/bmp"}
 
@@ -171,7 +173,7 @@ def create_app(queue: JobQueue, limits: Limits, model: dict[str, Any], token: st
                               config.pixel_multiple)
             return queue.submit(data, decoded, params, out_format, filename)
         except DossrError as failure:
-            headers = {"Retry-After": "5"} if isinstance(failure, QueueFullError) else None
+            headers = {"Retry-After": str(RETRY_AFTER)} if isinstance(failure, QueueFullError) else None
             raise HTTPException(status_of(failure), str(failure), headers) from None
 
     async def finished(job: Job, request: Request | None = None) -> bool:

@@ -211,6 +211,30 @@ def test_health_model_and_openapi(server: Server):
     assert fields  # the form (image and options) is described
 
 
+def test_a_kept_alive_connection_outlives_the_retry_after_wait(server: Server):
+    """A client told to come back in Retry-After seconds comes back on the same connection: were the
+    server to close it at that moment (uvicorn's default keep-alive equals our 5 s), the retry would
+    race the close and the image be lost."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from dossr_cli.service.app import RETRY_AFTER
+
+    where = urlsplit(server.url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=10)
+    try:
+        connection.request("GET", "/v1/health", headers=server.headers)
+        assert connection.getresponse().read() and connection.sock is not None
+        kept = connection.sock
+        time.sleep(RETRY_AFTER + 1)
+        connection.request("GET", "/v1/health", headers=server.headers)  # raises if the server closed it
+        answer = connection.getresponse()
+        assert answer.status == 200 and json.loads(answer.read())["status"] == "ok"
+        assert connection.sock is kept  # the same connection, not a reconnect
+    finally:
+        connection.close()
+
+
 def test_a_full_queue_answers_429_and_a_timed_out_request_504(service_weights: str, tmp_path: Path):
     spool = tmp_path / "tmp"
     spool.mkdir()

@@ -288,3 +288,47 @@ def test_a_full_queue_is_waited_out_not_failed(weights: str, tmp_path: Path):
         server.delete(f"/v1/jobs/{busy['id']}")
     finally:
         assert stop_server(server.process) == 0
+
+
+def test_the_retry_after_a_full_queue_opens_a_fresh_connection(tmp_path: Path):
+    """A server may close an idle kept-alive connection just as the client's wait ends (uvicorn's
+    keep-alive was 5 s, our Retry-After is 5 s: a CI run lost an image to it). This server always loses
+    that race: it drops the first connection on its second request. The retry must not use it."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    connections: list[int] = []
+
+    class RacingServer(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keeps connections alive, as uvicorn does
+
+        def setup(self) -> None:
+            super().setup()
+            connections.append(len(connections))
+            self.number, self.served = connections[-1], 0
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.served += 1
+            if self.number == 0 and self.served == 2:
+                self.close_connection = True  # closed as the request arrived: no answer at all
+                return
+            status, body = (429, b'{"error": "the queue is full"}') if self.number == 0 else (201, b'{"id": "j1"}')
+            self.send_response(status)
+            for name, value in (("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                                ("Retry-After", "0.2")):
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), RacingServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        client = Client(f"http://127.0.0.1:{httpd.server_address[1]}/", queue_wait=10)
+        assert client.submit(png(smooth_image(8, 8))) == {"id": "j1"}
+        assert len(connections) == 2  # the 429 on the first, the job on a second one
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
