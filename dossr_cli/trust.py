@@ -52,8 +52,15 @@ class TrustNumbers:
 
     def as_json(self, min_psnr_db: float = DEFAULT_FLAG_PSNR_DB, max_share: float = DEFAULT_FLAG_SHARE) -> dict:
         reasons = self.flags(min_psnr_db, max_share)
-        return {"departure_psnr_db": round(self.departure_psnr_db, 3), "departure_share": round(self.departure_share, 6),
-                "invented_rms": round(self.invented_rms, 6), "flagged": bool(reasons), "flag_reasons": reasons}
+        # Unrounded: a client flagging these numbers (`upscale --server`) must see what the server measured.
+        return {"departure_psnr_db": self.departure_psnr_db, "departure_share": self.departure_share,
+                "invented_rms": self.invented_rms, "flagged": bool(reasons), "flag_reasons": reasons}
+
+    @classmethod
+    def from_json(cls, measured: dict) -> TrustNumbers:
+        """The numbers of `as_json`'s dictionary, as a server's job sends them."""
+        return cls(float(measured["departure_psnr_db"]), float(measured["departure_share"]),
+                   float(measured["invented_rms"]))
 
 
 @dataclass(frozen=True)

@@ -81,3 +81,15 @@ def test_a_wide_map_keeps_the_results_width() -> None:
 def test_shapes_must_agree(lr: np.ndarray) -> None:
     with pytest.raises(ValueError, match="differ in shape"):
         trust.invented_detail(lanczos(lr, (96, 128)), lanczos(lr, (48, 64)))
+
+
+@pytest.mark.parametrize("numbers", [(29.99961, 0.0099996, 0.01), (30.00049, 0.01000049, 0.2), (100.0, 0.0, 0.0)])
+def test_the_json_numbers_flag_as_the_measured_ones(numbers: tuple[float, float, float]) -> None:
+    """`upscale --server` flags the server's numbers as a local run flags its own: numbers a hair either
+    side of a threshold must cross JSON unrounded, or the two runs would disagree on the same image."""
+    import json
+
+    measured = trust.TrustNumbers(*numbers)
+    received = trust.TrustNumbers.from_json(json.loads(json.dumps(measured.as_json())))
+    assert received == measured and received.flags() == measured.flags()
+    assert received.flags(30.0, 0.01) == measured.flags(30.0, 0.01)

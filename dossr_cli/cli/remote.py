@@ -92,8 +92,7 @@ def run_remote(client: Client, source: Path | bytes, params: UpscaleParams, out_
             raise ServerError(error.status, f"{here}: {message[len(sent):]}") from None
         raise
     measured = result.job.get("trust")
-    trust = None if not measured else TrustNumbers(float(measured["departure_psnr_db"]),
-                                                   float(measured["departure_share"]), float(measured["invented_rms"]))
+    trust = TrustNumbers.from_json(measured) if measured else None
     return RemoteResult(result.data, result.format, result.input_size, result.output_size, result.seed,
                         result.seconds, result.notes, data, trust)
 
