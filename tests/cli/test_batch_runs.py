@@ -42,11 +42,16 @@ def statuses(stdout: bytes) -> list[tuple[str, str]]:
 
 
 def claimed_at(outdir: Path, name: str) -> float | None:
-    """When `name` was last claimed (marked running); None unless it is running."""
-    if journal_status(outdir).get(name) != "running":
+    """When `name` was last claimed (marked running); None unless it is running. One query: the run
+    being watched may take the row from a dead run's claim between two (a CI run saw it happen)."""
+    if not (outdir / JOURNAL_NAME).is_file():
         return None
-    with contextlib.closing(sqlite3.connect(outdir / JOURNAL_NAME, timeout=30)) as db:
-        return db.execute("SELECT updated FROM jobs WHERE input = ? AND status = 'running'", (name,)).fetchone()[0]
+    try:
+        with contextlib.closing(sqlite3.connect(outdir / JOURNAL_NAME, timeout=30)) as db:
+            row = db.execute("SELECT updated FROM jobs WHERE input = ? AND status = 'running'", (name,)).fetchone()
+    except sqlite3.OperationalError:  # the table is not there yet
+        return None
+    return row[0] if row else None
 
 
 def killed_while_running(args: list[object], out: Path, name: str) -> dict[str, str]:

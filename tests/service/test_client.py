@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 import requests
-from cli.helpers import decode, dossr_command, run_in_process, save, smooth_image, subprocess_env
+from cli.helpers import decode, default_sigint, dossr_command, run_in_process, save, smooth_image, subprocess_env
 from PIL import Image, ImageCms
 
 from dossr_cli.client import Client, ServerError, parse_sse
@@ -206,7 +206,8 @@ def test_ctrl_c_cancels_the_job_on_the_server(server, tmp_path):
     """A job of 200 steps would hold the server for minutes; Ctrl-C ends it there within seconds."""
     source = save(smooth_image(48, 48), tmp_path / "in.png")
     child = subprocess.Popen(dossr_command("upscale", source, "--steps", "200", "--t1", "1000", "-q", "--server",
-                                           server.url), env=subprocess_env(), stderr=subprocess.PIPE)
+                                           server.url), env=subprocess_env(), stderr=subprocess.PIPE,
+                             preexec_fn=default_sigint)  # noqa: PLW1509 - only signal.signal
     try:
         running = wait_for(lambda: requests.get(server.url + "v1/health", timeout=10).json()["running"] == 1, 60)
         assert running, "the job never started"
