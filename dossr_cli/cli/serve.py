@@ -81,6 +81,7 @@ def serve(
     """
     try:
         import fastapi  # noqa: F401
+        import fastapi_offline  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
         raise DossrError("dossr serve needs its extra: pip install 'dossr[serve]'") from None

@@ -17,6 +17,7 @@ from urllib.parse import quote
 from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
@@ -144,8 +145,11 @@ Form = Annotated[dict[str, Any], Depends(form_fields)]
 
 def create_app(queue: JobQueue, limits: Limits, model: dict[str, Any], token: str | None = None) -> FastAPI:
     """The API over `queue`; `model` is what GET /v1/model tells (the serve command knows the weights)."""
-    app = FastAPI(title="dossr", version=str(model.get("version", "")),
-                  description="DoSSR diffusion super-resolution: one warm model, the options of `dossr upscale`.")
+    # FastAPIOffline: FastAPI whose /docs uses Swagger UI's scripts shipped in its package, not a CDN's, so
+    # that the docs work on a machine without the internet. No /redoc: ReDoc fetches its logo from its CDN.
+    app = FastAPIOffline(redoc_url=None, title="dossr", version=str(model.get("version", "")),
+                         description="DoSSR diffusion super-resolution: one warm model, the options of "
+                                     "`dossr upscale`.")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, failure: StarletteHTTPException) -> JSONResponse:

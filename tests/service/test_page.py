@@ -255,3 +255,23 @@ def test_cancel_a_running_job(server: Server, page: Page) -> None:
     job = requests.get(f"{server.url}v1/jobs/{card.get_attribute('data-job-id')}", timeout=30).json()
     assert job["status"] == "cancelled" and job["result"] is None
     assert job["progress"]["step"] < 200
+
+
+def test_the_api_docs_work_offline(guarded: Server, page: Page) -> None:
+    """/docs is FastAPI's Swagger UI, whose scripts come from a CDN by default: on a machine without the
+    internet it was a blank page. Any request off this machine is refused here, as no network would."""
+    outside: list[str] = []
+
+    def only_loopback(route) -> None:
+        if route.request.url.startswith(guarded.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_loopback)
+    page.goto(guarded.url + "docs")  # no token needed to read the docs; the API itself still wants one
+    expect(page.locator(".opblock-summary-path", has_text="/v1/upscale").first).to_be_visible(timeout=30_000)
+    expect(page.locator(".opblock-summary-path", has_text="/v1/jobs/{job_id}/events")).to_be_visible()
+    assert outside == [], outside
+    assert requests.get(guarded.url + "redoc", timeout=10).status_code == 404  # its logo is always a CDN's
