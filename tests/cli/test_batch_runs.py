@@ -25,15 +25,20 @@ from .helpers import batch_summary, decode, dossr_command, files_in, save, smoot
 BROUGHT_DOWN_TWO = ("brought down 2 runs (killed or out of memory while processing it); run it alone with "
                     "--debug or raise limits")
 
-def journal_status(outdir: Path) -> dict[str, str]:
-    """Inputs and their status; empty while the batch has not created the journal yet."""
+def journal_rows(outdir: Path, query: str, *args: object) -> list[tuple]:
+    """The rows of one query on the journal; none while the batch has not created it (or its table) yet."""
     if not (outdir / JOURNAL_NAME).is_file():
-        return {}
+        return []
     try:
         with contextlib.closing(sqlite3.connect(outdir / JOURNAL_NAME, timeout=30)) as db:
-            return dict(db.execute("SELECT input, status FROM jobs").fetchall())
+            return db.execute(query, args).fetchall()
     except sqlite3.OperationalError:  # the table is not there yet
-        return {}
+        return []
+
+
+def journal_status(outdir: Path) -> dict[str, str]:
+    """Inputs and their status; empty while the batch has not created the journal yet."""
+    return dict(journal_rows(outdir, "SELECT input, status FROM jobs"))
 
 
 def statuses(stdout: bytes) -> list[tuple[str, str]]:
@@ -44,19 +49,13 @@ def statuses(stdout: bytes) -> list[tuple[str, str]]:
 def claimed_at(outdir: Path, name: str) -> float | None:
     """When `name` was last claimed (marked running); None unless it is running. One query: the run
     being watched may take the row from a dead run's claim between two (a CI run saw it happen)."""
-    if not (outdir / JOURNAL_NAME).is_file():
-        return None
-    try:
-        with contextlib.closing(sqlite3.connect(outdir / JOURNAL_NAME, timeout=30)) as db:
-            row = db.execute("SELECT updated FROM jobs WHERE input = ? AND status = 'running'", (name,)).fetchone()
-    except sqlite3.OperationalError:  # the table is not there yet
-        return None
-    return row[0] if row else None
+    rows = journal_rows(outdir, "SELECT updated FROM jobs WHERE input = ? AND status = 'running'", name)
+    return rows[0][0] if rows else None
 
 
 def killed_while_running(args: list[object], out: Path, name: str) -> dict[str, str]:
     """Starts `dossr batch ARGS`, SIGKILLs it while it computes `name`; the journal as it was then."""
-    before = claimed_at(out, name) if (out / JOURNAL_NAME).is_file() else None  # a dead run's claim
+    before = claimed_at(out, name)  # a dead run's claim
     process = subprocess.Popen(dossr_command("batch", *args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env=subprocess_env())
     try:
