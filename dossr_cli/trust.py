@@ -18,7 +18,7 @@ invent a plausible wrong face; they say where to look, not what is right.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -53,14 +53,13 @@ class TrustNumbers:
     def as_json(self, min_psnr_db: float = DEFAULT_FLAG_PSNR_DB, max_share: float = DEFAULT_FLAG_SHARE) -> dict:
         reasons = self.flags(min_psnr_db, max_share)
         # Unrounded: a client flagging these numbers (`upscale --server`) must see what the server measured.
-        return {"departure_psnr_db": self.departure_psnr_db, "departure_share": self.departure_share,
-                "invented_rms": self.invented_rms, "flagged": bool(reasons), "flag_reasons": reasons}
+        numbers = {number.name: getattr(self, number.name) for number in fields(TrustNumbers)}
+        return {**numbers, "flagged": bool(reasons), "flag_reasons": reasons}
 
-    @classmethod
-    def from_json(cls, measured: dict) -> TrustNumbers:
+    @staticmethod
+    def from_json(measured: dict) -> TrustNumbers:
         """The numbers of `as_json`'s dictionary, as a server's job sends them."""
-        return cls(float(measured["departure_psnr_db"]), float(measured["departure_share"]),
-                   float(measured["invented_rms"]))
+        return TrustNumbers(*(float(measured[number.name]) for number in fields(TrustNumbers)))
 
 
 @dataclass(frozen=True)
